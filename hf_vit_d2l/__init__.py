@@ -1,0 +1,42 @@
+"""hf-vit-d2l: the Vision Transformer of *Dive into Deep Learning* as a Hugging Face model package.
+
+Importing the package registers the model with transformers' Auto classes (`AutoConfig`, `AutoModel`,
+`AutoModelForImageClassification`, `AutoImageProcessor`).
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+)
+
+from .configuration_vit_d2l import FASHION_MNIST_LABELS, ViTD2LConfig
+from .image_processing_vit_d2l import ViTD2LImageProcessor
+from .modeling_vit_d2l import ViTD2LForImageClassification, ViTD2LModel, ViTD2LPreTrainedModel
+from .presets import PRESETS, get_preset
+
+__version__ = "0.1.0"
+
+AutoConfig.register(ViTD2LConfig.model_type, ViTD2LConfig, exist_ok=True)
+AutoModel.register(ViTD2LConfig, ViTD2LModel, exist_ok=True)
+AutoModelForImageClassification.register(ViTD2LConfig, ViTD2LForImageClassification, exist_ok=True)
+AutoImageProcessor.register(ViTD2LConfig, image_processor_classes={"pil": ViTD2LImageProcessor}, exist_ok=True)
+
+# Saved folders carry the code files and an `auto_map`, so they load with `trust_remote_code=True` where this
+# package is not installed.
+ViTD2LConfig.register_for_auto_class("AutoConfig")
+ViTD2LModel.register_for_auto_class("AutoModel")
+ViTD2LForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+ViTD2LImageProcessor.register_for_auto_class("AutoImageProcessor")
+
+__all__ = [
+    "FASHION_MNIST_LABELS",
+    "PRESETS",
+    "ViTD2LConfig",
+    "ViTD2LForImageClassification",
+    "ViTD2LImageProcessor",
+    "ViTD2LModel",
+    "ViTD2LPreTrainedModel",
+    "get_preset",
+]

@@ -1,0 +1,408 @@
+"""PyTorch Vision Transformer of *Dive into Deep Learning*, section "Transformers for Vision".
+
+Each class names its book counterpart. The module tree is this package's own (not transformers' `ViT*` classes), so
+checkpoint keys stay stable across transformers releases. This file and `configuration_vit_d2l.py` are copied next to
+saved weights, so they import only torch, the standard library and transformers' public API.
+"""
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .configuration_vit_d2l import ViTD2LConfig
+
+
+class ViTD2LPatchEmbeddings(nn.Module):
+    """The book's `PatchEmbedding`: one conv with kernel = stride = patch size, then flatten to tokens."""
+
+    def __init__(self, config: ViTD2LConfig):
+        super().__init__()
+        self.image_size = config.image_size
+        self.num_channels = config.num_channels
+        self.num_patches = config.num_patches
+        self.projection = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.dim() != 4:
+            raise ValueError(
+                f"pixel_values must be a 4-D tensor (batch, channels, height, width), got shape "
+                f"{tuple(pixel_values.shape)}. Pass images through the model's image processor."
+            )
+        _, channels, height, width = pixel_values.shape
+        if channels != self.num_channels:
+            raise ValueError(
+                f"Expected {self.num_channels} input channel(s) (config.num_channels), got {channels} "
+                f"(pixel_values shape {tuple(pixel_values.shape)}). The image processor converts RGB/RGBA images."
+            )
+        if height != self.image_size or width != self.image_size:
+            raise ValueError(
+                f"Expected {self.image_size}x{self.image_size} images (config.image_size), got {height}x{width}. "
+                "Resize with the model's image processor (AutoImageProcessor.from_pretrained(...))."
+            )
+        # (B, C, H, W) -> (B, hidden, H/p, W/p) -> (B, num_patches, hidden)
+        return self.projection(pixel_values).flatten(2).transpose(1, 2)
+
+
+class ViTD2LEmbeddings(nn.Module):
+    """The stem of the book's `ViT.forward`: patches, zero `<cls>` token, learnable position embedding, dropout."""
+
+    def __init__(self, config: ViTD2LConfig):
+        super().__init__()
+        self.patch_embeddings = ViTD2LPatchEmbeddings(config)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.position_embeddings = nn.Parameter(torch.randn(1, config.num_patches + 1, config.hidden_size))
+        self.dropout = nn.Dropout(config.embedding_dropout_prob)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        embeddings = self.patch_embeddings(pixel_values.to(self.patch_embeddings.projection.weight.dtype))
+        cls_tokens = self.cls_token.expand(embeddings.shape[0], -1, -1)
+        embeddings = torch.cat((cls_tokens, embeddings), dim=1)  # (B, 1 + num_patches, hidden)
+        return self.dropout(embeddings + self.position_embeddings)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """d2l's `DotProductAttention`: softmax(QK^T / sqrt(d)), dropout on the weights, times V.
+
+    query/key/value: (B, heads, T, head_dim). Returns the output as (B, T, heads, head_dim) and the weights.
+    """
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, heads, T, T)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    output = torch.matmul(nn.functional.dropout(weights, p=dropout, training=module.training), value)
+    return output.transpose(1, 2).contiguous(), weights
+
+
+class ViTD2LAttention(nn.Module):
+    """d2l's `MultiHeadAttention` in self-attention use: W_q, W_k, W_v, W_o, all with `bias=use_bias`."""
+
+    def __init__(self, config: ViTD2LConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = 1.0 / math.sqrt(self.head_dim)
+        self.dropout = config.block_dropout_prob
+        self.is_causal = False
+        self.W_q = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.W_k = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.W_v = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+        self.W_o = nn.Linear(config.hidden_size, config.hidden_size, bias=config.qkv_bias)
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, seq_len, _ = hidden_states.shape
+        shape = (batch_size, seq_len, self.num_heads, self.head_dim)
+        # (B, T, hidden) -> (B, heads, T, head_dim), d2l's transpose_qkv without folding heads into the batch
+        query = self.W_q(hidden_states).view(shape).transpose(1, 2)
+        key = self.W_k(hidden_states).view(shape).transpose(1, 2)
+        value = self.W_v(hidden_states).view(shape).transpose(1, 2)
+
+        implementation = self.config._attn_implementation or "eager"
+        attention_interface: Callable = eager_attention_forward
+        # Attention weights exist only on the eager path: compute them there when asked for.
+        if implementation != "eager" and not output_attentions:
+            attention_interface = ALL_ATTENTION_FUNCTIONS[implementation]
+        output, weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            None,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            is_causal=False,
+        )
+        output = output.reshape(batch_size, seq_len, -1)  # d2l's transpose_output
+        return self.W_o(output), (weights if output_attentions else None)
+
+
+class ViTD2LMLP(nn.Module):
+    """The book's `ViTMLP`: dense1 -> GELU -> dropout -> dense2 -> dropout."""
+
+    def __init__(self, config: ViTD2LConfig):
+        super().__init__()
+        self.dense1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.gelu = nn.GELU()
+        self.dropout1 = nn.Dropout(config.block_dropout_prob)
+        self.dense2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout2 = nn.Dropout(config.block_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout2(self.dense2(self.dropout1(self.gelu(self.dense1(hidden_states)))))
+
+
+class ViTD2LDropPath(nn.Module):
+    """Stochastic depth on a residual branch (not in the book; identity at the default rate 0)."""
+
+    def __init__(self, drop_prob: float):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep = 1.0 - self.drop_prob
+        mask = hidden_states.new_empty((hidden_states.shape[0],) + (1,) * (hidden_states.dim() - 1)).bernoulli_(keep)
+        return hidden_states * mask / keep
+
+
+class ViTD2LLayer(nn.Module):
+    """The book's `ViTBlock`: pre-norm, X + attention(ln1(X)), then X + mlp(ln2(X))."""
+
+    def __init__(self, config: ViTD2LConfig, drop_path: float = 0.0):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = ViTD2LAttention(config)
+        self.ln2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = ViTD2LMLP(config)
+        self.drop_path = ViTD2LDropPath(drop_path)
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attention_output, weights = self.attention(self.ln1(hidden_states), output_attentions=output_attentions)
+        hidden_states = hidden_states + self.drop_path(attention_output)
+        hidden_states = hidden_states + self.drop_path(self.mlp(self.ln2(hidden_states)))
+        return hidden_states, weights
+
+
+class ViTD2LEncoder(nn.Module):
+    """The book's `ViT.blks`: `num_hidden_layers` blocks in sequence."""
+
+    def __init__(self, config: ViTD2LConfig):
+        super().__init__()
+        rates = [config.drop_path_rate * i / max(config.num_hidden_layers - 1, 1) for i in range(config.num_hidden_layers)]
+        self.layer = nn.ModuleList([ViTD2LLayer(config, rate) for rate in rates])
+        self.gradient_checkpointing = False
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False, output_hidden_states: bool = False
+    ) -> BaseModelOutput:
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layer:
+            if self.gradient_checkpointing and self.training:
+                hidden_states, weights = self._gradient_checkpointing_func(
+                    layer.__call__, hidden_states, output_attentions
+                )
+            else:
+                hidden_states, weights = layer(hidden_states, output_attentions=output_attentions)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (weights,)
+        return BaseModelOutput(
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
+        )
+
+
+class ViTD2LPreTrainedModel(PreTrainedModel):
+    """Weight init (the book's by default), Trainer/pipeline contract, and atomic `save_pretrained`."""
+
+    config_class = ViTD2LConfig
+    base_model_prefix = "vit_d2l"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ViTD2LEmbeddings", "ViTD2LLayer"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        config = self.config
+        if isinstance(module, ViTD2LEmbeddings):
+            nn.init.zeros_(module.cls_token)
+            if config.init_style == "d2l":
+                nn.init.normal_(module.position_embeddings, mean=0.0, std=config.position_embedding_std)
+            else:
+                nn.init.trunc_normal_(module.position_embeddings, std=config.initializer_range)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            if config.init_style == "d2l":
+                # PyTorch's default (what the book's LazyLinear / LazyConv2d get): kaiming_uniform(a=sqrt(5)).
+                nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+                if module.bias is not None:
+                    fan_in = module.weight[0].numel()
+                    bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+                    nn.init.uniform_(module.bias, -bound, bound)
+            else:
+                nn.init.trunc_normal_(module.weight, std=config.initializer_range)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, written atomically and with every Auto class in `auto_map`.
+
+        Files are first written to a temporary folder beside `save_directory` and then moved in one by one with
+        `os.replace`, so an interrupted save never leaves a truncated `model.safetensors` or `config.json`. The
+        config's `auto_map` names `AutoConfig`, `AutoModel` and `AutoModelForImageClassification`, so both Auto
+        classes load the folder with `trust_remote_code=True` (transformers records only the saved class).
+        """
+        if self._auto_class is not None:
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            auto_map.update(
+                {
+                    "AutoConfig": "configuration_vit_d2l.ViTD2LConfig",
+                    "AutoModel": "modeling_vit_d2l.ViTD2LModel",
+                    "AutoModelForImageClassification": "modeling_vit_d2l.ViTD2LForImageClassification",
+                }
+            )
+            self.config.auto_map = auto_map
+        if kwargs.get("push_to_hub") or not kwargs.get("is_main_process", True):
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        save_directory = os.path.abspath(os.fspath(save_directory))
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_pretrained needs a folder, but {save_directory} is a file.")
+        parent = os.path.dirname(save_directory)
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(save_directory)}.saving-", dir=parent)
+        try:
+            super().save_pretrained(staging, *args, **kwargs)
+            os.makedirs(save_directory, exist_ok=True)
+            # Stale shards of an earlier save would confuse loading: remove the weight files this save replaces.
+            for name in os.listdir(save_directory):
+                if name.startswith("model") and name.endswith((".safetensors", ".safetensors.index.json")):
+                    if not os.path.exists(os.path.join(staging, name)):
+                        os.remove(os.path.join(save_directory, name))
+            names = sorted(os.listdir(staging), key=lambda n: n == "config.json")  # config last: it marks done
+            for name in names:
+                os.replace(os.path.join(staging, name), os.path.join(save_directory, name))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+class ViTD2LModel(ViTD2LPreTrainedModel):
+    """The book's `ViT` without its final `Linear`: stem, blocks, and the head's `LayerNorm`.
+
+    `last_hidden_state` is every token after the head LayerNorm (per-token, so `last_hidden_state[:, 0]` is exactly
+    the book's `head[0](X[:, 0])`); `pooler_output` is that `<cls>` vector, or with `pooling="mean"` the
+    LayerNorm of the mean patch token (the book's exercise 2).
+    """
+
+    def __init__(self, config: ViTD2LConfig):
+        super().__init__(config)
+        self.embeddings = ViTD2LEmbeddings(config)
+        self.encoder = ViTD2LEncoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> ViTD2LPatchEmbeddings:
+        return self.embeddings.patch_embeddings
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        if pixel_values is None:
+            raise ValueError("pixel_values is required: a (batch, channels, height, width) float tensor.")
+        if not torch.is_tensor(pixel_values):
+            raise ValueError(
+                f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}. "
+                "Use the image processor with return_tensors='pt'."
+            )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+
+        embeddings = self.embeddings(pixel_values)
+        encoded = self.encoder(
+            embeddings, output_attentions=bool(output_attentions), output_hidden_states=bool(output_hidden_states)
+        )
+        hidden = encoded.last_hidden_state
+        sequence_output = self.layernorm(hidden)
+        if self.config.pooling == "mean":
+            pooled_output = self.layernorm(hidden[:, 1:].mean(dim=1))
+        else:
+            pooled_output = sequence_output[:, 0]
+        if not return_dict:
+            extra = tuple(v for v in (encoded.hidden_states, encoded.attentions) if v is not None)
+            return (sequence_output, pooled_output) + extra
+        return BaseModelOutputWithPooling(
+            last_hidden_state=sequence_output,
+            pooler_output=pooled_output,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
+        )
+
+
+class ViTD2LForImageClassification(ViTD2LPreTrainedModel):
+    """The book's `ViT`: `ViTD2LModel` plus the head's `Linear`; cross-entropy loss when `labels` are given."""
+
+    def __init__(self, config: ViTD2LConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vit_d2l = ViTD2LModel(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def get_input_embeddings(self) -> ViTD2LPatchEmbeddings:
+        return self.vit_d2l.get_input_embeddings()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.vit_d2l(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.classifier(outputs.pooler_output)
+        loss = None
+        if labels is not None:
+            if labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
+                raise ValueError(
+                    f"labels must be a 1-D tensor of {logits.shape[0]} class indices, got shape {tuple(labels.shape)}."
+                )
+            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_labels):
+                raise ValueError(
+                    f"labels must lie in [0, {self.num_labels - 1}] (config.num_labels={self.num_labels}), "
+                    f"got values from {int(labels.min())} to {int(labels.max())}."
+                )
+            loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device).long())
+        if not return_dict:
+            output = (logits,) + tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
+            return ((loss,) + output) if loss is not None else output
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+__all__ = ["ViTD2LPreTrainedModel", "ViTD2LModel", "ViTD2LForImageClassification"]
