@@ -12,6 +12,7 @@ from transformers import (
 )
 
 from .configuration_vit_d2l import FASHION_MNIST_LABELS, ViTD2LConfig
+from .convert import CheckpointConversionError, from_d2l_state_dict, from_transformers_vit, to_transformers_vit
 from .image_processing_vit_d2l import ViTD2LImageProcessor
 from .modeling_vit_d2l import ViTD2LForImageClassification, ViTD2LModel, ViTD2LPreTrainedModel
 from .presets import PRESETS, get_preset
@@ -31,6 +32,7 @@ ViTD2LForImageClassification.register_for_auto_class("AutoModelForImageClassific
 ViTD2LImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
+    "CheckpointConversionError",
     "FASHION_MNIST_LABELS",
     "PRESETS",
     "ViTD2LConfig",
@@ -38,5 +40,8 @@ __all__ = [
     "ViTD2LImageProcessor",
     "ViTD2LModel",
     "ViTD2LPreTrainedModel",
+    "from_d2l_state_dict",
+    "from_transformers_vit",
     "get_preset",
+    "to_transformers_vit",
 ]

@@ -112,26 +112,26 @@ class ViTD2LConfig(PretrainedConfig):
     ):
         # Resolve the book's names here (not only through attribute_map) so that validation sees them and a
         # clash such as `hidden_size=64, num_hiddens=128` is an error instead of a silent override.
-        given = dict(
-            image_size=image_size,
-            hidden_size=hidden_size,
-            intermediate_size=intermediate_size,
-            num_attention_heads=num_attention_heads,
-            num_hidden_layers=num_hidden_layers,
-            embedding_dropout_prob=embedding_dropout_prob,
-            block_dropout_prob=block_dropout_prob,
-            qkv_bias=qkv_bias,
-        )
-        defaults = dict(
-            image_size=96,
-            hidden_size=512,
-            intermediate_size=2048,
-            num_attention_heads=8,
-            num_hidden_layers=2,
-            embedding_dropout_prob=0.1,
-            block_dropout_prob=0.1,
-            qkv_bias=False,
-        )
+        given = {
+            "image_size": image_size,
+            "hidden_size": hidden_size,
+            "intermediate_size": intermediate_size,
+            "num_attention_heads": num_attention_heads,
+            "num_hidden_layers": num_hidden_layers,
+            "embedding_dropout_prob": embedding_dropout_prob,
+            "block_dropout_prob": block_dropout_prob,
+            "qkv_bias": qkv_bias,
+        }
+        defaults = {
+            "image_size": 96,
+            "hidden_size": 512,
+            "intermediate_size": 2048,
+            "num_attention_heads": 8,
+            "num_hidden_layers": 2,
+            "embedding_dropout_prob": 0.1,
+            "block_dropout_prob": 0.1,
+            "qkv_bias": False,
+        }
         for alias, canonical in self.attribute_map.items():
             if alias not in kwargs:
                 continue

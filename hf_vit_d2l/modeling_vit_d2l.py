@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .configuration_vit_d2l import ViTD2LConfig
+from .configuration_vit_d2l import ATTENTION_IMPLEMENTATIONS, ViTD2LConfig
 
 
 class ViTD2LPatchEmbeddings(nn.Module):
@@ -192,7 +192,9 @@ class ViTD2LEncoder(nn.Module):
 
     def __init__(self, config: ViTD2LConfig):
         super().__init__()
-        rates = [config.drop_path_rate * i / max(config.num_hidden_layers - 1, 1) for i in range(config.num_hidden_layers)]
+        # Stochastic depth grows linearly with depth, from 0 at the first block to drop_path_rate at the last (timm).
+        last = max(config.num_hidden_layers - 1, 1)
+        rates = [config.drop_path_rate * i / last for i in range(config.num_hidden_layers)]
         self.layer = nn.ModuleList([ViTD2LLayer(config, rate) for rate in rates])
         self.gradient_checkpointing = False
 
@@ -228,6 +230,19 @@ class ViTD2LPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["ViTD2LEmbeddings", "ViTD2LLayer"]
     _supports_sdpa = True
     _supports_attention_backend = True
+
+    def __init__(self, config: ViTD2LConfig, *inputs, attn_implementation: str | None = None, **kwargs):
+        # `Model(config, attn_implementation="sdpa")` as a constructor keyword, checked here so that a typo is a
+        # clear `ValueError` instead of a `TypeError` or a silent fallback.
+        requested = attn_implementation if attn_implementation is not None else config._attn_implementation
+        if requested is not None and requested not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attn_implementation={requested!r} is not supported by vit_d2l; "
+                f"use one of {ATTENTION_IMPLEMENTATIONS}."
+            )
+        if attn_implementation is not None:
+            config._attn_implementation = attn_implementation
+        super().__init__(config, *inputs, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
@@ -285,9 +300,9 @@ class ViTD2LPreTrainedModel(PreTrainedModel):
             os.makedirs(save_directory, exist_ok=True)
             # Stale shards of an earlier save would confuse loading: remove the weight files this save replaces.
             for name in os.listdir(save_directory):
-                if name.startswith("model") and name.endswith((".safetensors", ".safetensors.index.json")):
-                    if not os.path.exists(os.path.join(staging, name)):
-                        os.remove(os.path.join(save_directory, name))
+                is_weights = name.startswith("model") and name.endswith((".safetensors", ".safetensors.index.json"))
+                if is_weights and not os.path.exists(os.path.join(staging, name)):
+                    os.remove(os.path.join(save_directory, name))
             names = sorted(os.listdir(staging), key=lambda n: n == "config.json")  # config last: it marks done
             for name in names:
                 os.replace(os.path.join(staging, name), os.path.join(save_directory, name))
@@ -303,8 +318,8 @@ class ViTD2LModel(ViTD2LPreTrainedModel):
     LayerNorm of the mean patch token (the book's exercise 2).
     """
 
-    def __init__(self, config: ViTD2LConfig):
-        super().__init__(config)
+    def __init__(self, config: ViTD2LConfig, attn_implementation: str | None = None):
+        super().__init__(config, attn_implementation=attn_implementation)
         self.embeddings = ViTD2LEmbeddings(config)
         self.encoder = ViTD2LEncoder(config)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -358,8 +373,8 @@ class ViTD2LModel(ViTD2LPreTrainedModel):
 class ViTD2LForImageClassification(ViTD2LPreTrainedModel):
     """The book's `ViT`: `ViTD2LModel` plus the head's `Linear`; cross-entropy loss when `labels` are given."""
 
-    def __init__(self, config: ViTD2LConfig):
-        super().__init__(config)
+    def __init__(self, config: ViTD2LConfig, attn_implementation: str | None = None):
+        super().__init__(config, attn_implementation=attn_implementation)
         self.num_labels = config.num_labels
         self.vit_d2l = ViTD2LModel(config)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
