@@ -1,0 +1,80 @@
+"""Write the model card of a trained folder and push the folder to the Hugging Face Hub.
+
+    # look first: write exactly the folder that would be uploaded (README.md = the generated card)
+    python scripts/push_to_hub.py outputs/vit_d2l_fashion_mnist --repo_id USER/vit-d2l-fashion-mnist \\
+        --dry_run /tmp/vit-d2l-upload
+
+    # upload (needs `hf auth login` or HF_TOKEN); optionally the stock-transformers export to a second repository
+    python scripts/push_to_hub.py outputs/vit_d2l_fashion_mnist --repo_id USER/vit-d2l-fashion-mnist \\
+        --also_stock_vit_repo USER/vit-d2l-fashion-mnist-stock-vit
+
+The folder is the output of scripts/train.py, evaluated with scripts/evaluate.py. It is only read: the card and
+plots go into a staged copy. Before anything is uploaded, the script checks that the folder is complete (weights,
+config with a full auto_map, the three code files, preprocessor config) and that a token exists and the Hub
+answers; offline it stops at once with a clear message. Unless --skip_ood_probe, it measures the model on inverted
+and photo-like images (the card's "limitations" figures) on the local Fashion-MNIST test split.
+"""
+
+import sys
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser
+
+from hf_vit_d2l.hub import HubPushError, push_to_hub
+
+
+@dataclass
+class PushArguments:
+    folder: str = field(metadata={"help": "Trained model folder (output of scripts/train.py)."})
+    repo_id: str = field(metadata={"help": "Hub repository, USER/NAME."})
+    private: bool = field(default=False, metadata={"help": "Create the repository as private."})
+    dry_run: str | None = field(
+        default=None, metadata={"help": "Write the folder that would be uploaded to this new folder; upload nothing."}
+    )
+    also_stock_vit_repo: str | None = field(
+        default=None,
+        metadata={"help": "Also upload the stock transformers ViT export (hf_vit_d2l.to_transformers_vit) here."},
+    )
+    skip_ood_probe: bool = field(
+        default=False, metadata={"help": "Do not measure the out-of-domain behaviour for the card."}
+    )
+    data_dir: str = field(
+        default="/usr/share/datasets/fashion-mnist",
+        metadata={"help": "Folder with the Fashion-MNIST t10k IDX files (for the out-of-domain probe)."},
+    )
+    ood_samples: int = field(default=1000, metadata={"help": "Test images used by the out-of-domain probe."})
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # The folder is positional on the command line: `push_to_hub.py FOLDER --repo_id ...`.
+    if argv and not argv[0].startswith("-"):
+        argv = ["--folder", argv[0], *argv[1:]]
+    (args,) = HfArgumentParser(PushArguments).parse_args_into_dataclasses(args=argv)
+    try:
+        result = push_to_hub(
+            args.folder,
+            args.repo_id,
+            private=args.private,
+            stock_vit_repo_id=args.also_stock_vit_repo,
+            dry_run_dir=args.dry_run,
+            measure_ood=not args.skip_ood_probe,
+            data_dir=args.data_dir,
+            ood_samples=args.ood_samples,
+        )
+    except HubPushError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"Dry run: wrote the folder that would be uploaded to {result['staged']}")
+        if result["stock_vit_staged"]:
+            print(f"Dry run: wrote the stock-ViT export to {result['stock_vit_staged']}")
+    else:
+        print(f"Uploaded to {result['url']}")
+        if result["stock_vit_url"]:
+            print(f"Uploaded the stock-ViT export to {result['stock_vit_url']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

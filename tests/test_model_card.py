@@ -1,0 +1,509 @@
+"""Model card, FLOPs helper and Hub staging/push (issue 4), on a tiny real model and real test images.
+
+The training folder is fabricated here (tiny model saved with `save_pretrained`, image processor, JSON files with the
+keys scripts/train.py and scripts/evaluate.py write, small PNGs), so these tests do not depend on the training code.
+Its evaluation figures are computed from the tiny model's real predictions on real Fashion-MNIST test images.
+"""
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+from hf_vit_d2l import (
+    FASHION_MNIST_LABELS,
+    ViTD2LConfig,
+    ViTD2LForImageClassification,
+    ViTD2LImageProcessor,
+    get_preset,
+)
+from hf_vit_d2l.hub import HubPushError, check_folder_complete, stage_for_upload
+from hf_vit_d2l.model_card import (
+    NOT_MEASURED,
+    REQUIRED_SECTIONS,
+    build_model_card,
+    flops_breakdown,
+    flops_per_image,
+    measure_out_of_domain,
+)
+
+DATA_DIR = "/usr/share/datasets/fashion-mnist"
+HAVE_DATA = os.path.isfile(os.path.join(DATA_DIR, "t10k-images-idx3-ubyte.gz"))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {
+    "image_size": 28,
+    "patch_size": 7,
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 1,
+}
+
+
+def _test_images(n: int) -> tuple[np.ndarray, np.ndarray]:
+    if not HAVE_DATA:
+        rng = np.random.default_rng(0)
+        return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n)
+    with gzip.open(os.path.join(DATA_DIR, "t10k-images-idx3-ubyte.gz")) as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[:n]
+    with gzip.open(os.path.join(DATA_DIR, "t10k-labels-idx1-ubyte.gz")) as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)[:n].astype(np.int64)
+    return images, labels
+
+
+def make_run_folder(path, with_eval: bool = True, with_results: bool = True) -> str:
+    """A training output folder as scripts/train.py (+ scripts/evaluate.py) leave it, from a tiny real model."""
+    torch.manual_seed(0)
+    model = ViTD2LForImageClassification(ViTD2LConfig(**TINY)).eval()
+    processor = ViTD2LImageProcessor(size={"height": 28, "width": 28})
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    images, labels = _test_images(200)
+    with torch.no_grad():
+        pixel_values = processor(images=[Image.fromarray(i, "L") for i in images], return_tensors="pt")["pixel_values"]
+        logits = model(pixel_values=pixel_values).logits
+    loss = float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)))
+    predicted = logits.argmax(-1).numpy()
+    accuracy = float((predicted == labels).mean())
+    confusion = np.zeros((10, 10), dtype=int)
+    np.add.at(confusion, (labels, predicted), 1)
+    per_class = {
+        name: float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else 0.0
+        for i, name in enumerate(FASHION_MNIST_LABELS)
+    }
+
+    def dump(name, obj):
+        with open(os.path.join(path, name), "w") as f:
+            json.dump(obj, f)
+
+    if with_results:
+        dump(
+            "all_results.json",
+            {
+                "epoch": 2.0,
+                "eval_accuracy": accuracy,
+                "eval_loss": loss,
+                "eval_runtime": 0.5,
+                "train_loss": 2.2,
+                "train_runtime": 12.34,
+                "train_samples_per_second": 81.0,
+                "train_steps_per_second": 5.1,
+            },
+        )
+        dump(
+            "run_info.json",
+            {
+                "recipe": "book",
+                "command": "python scripts/train.py --recipe book --max_train_samples 500",
+                "hardware": "2 CPU cores (test fixture)",
+                "seed": 42,
+                "num_processes": 1,
+                "global_batch_size": 128,
+                "dataset": "fashion_mnist (local IDX files)",
+                "train_samples": 500,
+                "eval_samples": 200,
+            },
+        )
+        dump(
+            "trainer_state.json",
+            {
+                "global_step": 8,
+                "num_train_epochs": 2,
+                "train_batch_size": 128,
+                "log_history": [
+                    {"epoch": 1.0, "loss": 2.31, "learning_rate": 0.1, "step": 4},
+                    {"epoch": 1.0, "eval_loss": 2.29, "eval_accuracy": 0.11, "step": 4},
+                    {"epoch": 2.0, "loss": 2.2, "learning_rate": 0.1, "step": 8},
+                    {"epoch": 2.0, "eval_loss": loss, "eval_accuracy": accuracy, "step": 8},
+                ],
+            },
+        )
+        Image.new("RGB", (64, 48), (255, 255, 255)).save(os.path.join(path, "training_curves.png"))
+    if with_eval:
+        dump(
+            "eval_results.json",
+            {
+                "accuracy": accuracy,
+                "loss": loss,
+                "num_samples": len(labels),
+                "per_class_accuracy": per_class,
+                "confusion_matrix": confusion.tolist(),
+                "labels": FASHION_MNIST_LABELS,
+            },
+        )
+        Image.new("RGB", (64, 64), (0, 0, 255)).save(os.path.join(path, "confusion_matrix.png"))
+    return str(path)
+
+
+def _tree_digest(folder) -> dict[str, str]:
+    digests = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            full = os.path.join(root, name)
+            with open(full, "rb") as f:
+                digests[os.path.relpath(full, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return digests
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    return make_run_folder(tmp_path_factory.mktemp("run") / "vit_d2l_tiny")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FLOPs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_flops_tiny_config_equals_hand_count():
+    config = ViTD2LConfig(**TINY)  # 16 patches, 17 tokens, d=32, m=37, 1 block, 10 classes
+    hand = {
+        "patch_embedding": 2 * 16 * (1 * 7 * 7) * 32,  # 50,176
+        "qkvo_projections": 2 * 4 * 17 * 32 * 32,  # 139,264
+        "attention_scores": 2 * 17 * 17 * 32,  # 18,496
+        "attention_values": 2 * 17 * 17 * 32,
+        "mlp": 2 * 2 * 17 * 32 * 37,  # 80,512
+        "head": 2 * 32 * 10,  # 640
+    }
+    assert flops_breakdown(config) == hand
+    assert flops_per_image(config) == 307_584
+    assert flops_per_image(config, training=True) == 3 * 307_584
+
+
+@pytest.mark.parametrize("config", [ViTD2LConfig(**TINY), get_preset("vit_d2l_fashion_mnist")], ids=["tiny", "book"])
+def test_flops_match_torch_flop_counter(config):
+    """torch's FlopCounterMode counts exactly the conv/linear/matmul FLOPs of the eager forward."""
+    config._attn_implementation = "eager"
+    model = ViTD2LForImageClassification(config).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(pixel_values=torch.randn(3, config.num_channels, config.image_size, config.image_size))
+    assert counter.get_total_flops() == 3 * flops_per_image(config)
+
+
+def test_flops_book_config_is_about_half_a_gflop():
+    config = get_preset("vit_d2l_fashion_mnist")
+    assert flops_per_image(config) == 480_622_592
+    assert 1.40e9 < flops_per_image(config, training=True) < 1.46e9  # the "about 1.43 GFLOP per trained image"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The card
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_card_metadata_and_sections(run_folder, tmp_path):
+    card = build_model_card(run_folder, repo_id="someone/vit-d2l-tiny")
+    path = tmp_path / "README.md"
+    card.save(path)
+    parsed = ModelCard.load(path)  # a round trip through the Hub's own parser
+    data = parsed.data
+    with open(os.path.join(run_folder, "eval_results.json")) as f:
+        eval_json = json.load(f)
+
+    assert data.library_name == "transformers"
+    assert data.license == "apache-2.0"
+    assert data.pipeline_tag == "image-classification"
+    assert data.datasets == ["zalando-datasets/fashion_mnist"]
+    assert data.metrics == ["accuracy"]
+    assert set(data.tags) == {"image-classification", "vision", "vit", "d2l", "fashion-mnist"}
+    [result] = data.eval_results
+    assert result.metric_value == eval_json["accuracy"]  # exactly the run's value
+    assert result.metric_type == "accuracy"
+    assert result.dataset_type == "zalando-datasets/fashion_mnist"
+    assert result.dataset_split == "test"
+    assert result.task_type == "image-classification"
+    model_index = data.to_dict()["model-index"]
+    assert model_index[0]["results"][0]["metrics"][0]["value"] == eval_json["accuracy"]
+
+    text = parsed.text
+    for section in REQUIRED_SECTIONS:
+        assert section in text
+    model = ViTD2LForImageClassification.from_pretrained(run_folder)
+    assert f"| parameters | | {sum(p.numel() for p in model.parameters()):,} |" in text
+    assert f"{flops_per_image(model.config):,}" in text
+    assert "| tokens per image | `num_patches + 1` | 17 |" in text
+    assert f"**{100 * eval_json['accuracy']:.2f}%**" in text
+    for name in FASHION_MNIST_LABELS:
+        assert f"| {name} | {100 * eval_json['per_class_accuracy'][name]:.2f}% |" in text
+    assert "(confusion_matrix.png)" in text and "(training_curves.png)" in text
+    assert "trust_remote_code=True" in text and "someone/vit-d2l-tiny" in text
+    assert "to_transformers_vit" in text
+    assert "python scripts/train.py --recipe book --max_train_samples 500" in text
+    assert "12.3 s" in text and "2 CPU cores (test fixture)" in text
+    for citation in ("@book{zhang2023dive", "@inproceedings{dosovitskiy2021image", "@article{xiao2017fashionmnist"):
+        assert citation in text
+
+
+def test_card_says_not_measured_when_figures_are_missing(tmp_path):
+    folder = make_run_folder(tmp_path / "bare", with_eval=False, with_results=False)
+    card = build_model_card(folder)
+    assert card.data.eval_results is None
+    assert "model-index" not in card.data.to_dict()
+    assert f"**Test accuracy: {NOT_MEASURED}**" in card.text
+    assert f"Per-class accuracy: {NOT_MEASURED}" in card.text
+    assert f"Confusion matrix: {NOT_MEASURED}" in card.text
+    assert f"Training time: {NOT_MEASURED}" in card.text
+    assert "Recipe: not measured" in card.text
+    for section in REQUIRED_SECTIONS:
+        assert section in card.text
+
+
+def test_card_falls_back_to_all_results_accuracy(tmp_path):
+    folder = make_run_folder(tmp_path / "noeval", with_eval=True)
+    os.remove(os.path.join(folder, "eval_results.json"))
+    with open(os.path.join(folder, "all_results.json")) as f:
+        accuracy = json.load(f)["eval_accuracy"]
+    card = build_model_card(folder)
+    assert card.data.eval_results[0].metric_value == accuracy
+    assert "(`all_results.json`)" in card.text
+
+
+def test_card_rejects_non_model_folders(tmp_path):
+    from hf_vit_d2l.model_card import RunFolderError
+
+    with pytest.raises(RunFolderError, match="not a folder"):
+        build_model_card(tmp_path / "missing")
+    with pytest.raises(RunFolderError, match="no config.json"):
+        build_model_card(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(RunFolderError, match="model_type='bert'"):
+        build_model_card(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(RunFolderError, match="not valid JSON"):
+        build_model_card(tmp_path)
+
+
+@pytest.mark.skipif(not HAVE_DATA, reason="needs the Fashion-MNIST test split (dataset-fashion-mnist)")
+def test_out_of_domain_probe_and_card_table(run_folder):
+    ood = measure_out_of_domain(run_folder, data_dir=DATA_DIR, num_samples=40, batch_size=16)
+    assert ood["num_samples"] == 40
+    for key in ("in_domain", "inverted", "photo_like_rgb"):
+        part = ood[key]
+        assert part["num_images"] == 40
+        assert 0.1 <= part["mean_top1_probability"] <= 1.0  # at least 1/num_labels
+        assert 0.0 <= part["share_top1_probability_above_0.9"] <= 1.0
+        assert part["most_frequent_prediction"] in FASHION_MNIST_LABELS
+    assert 0.0 <= ood["inverted"]["accuracy"] <= 1.0 and "accuracy" not in ood["photo_like_rgb"]
+    # Same inputs, same numbers.
+    again = measure_out_of_domain(run_folder, data_dir=DATA_DIR, num_samples=40, batch_size=40)
+    for key in ("in_domain", "inverted", "photo_like_rgb"):
+        assert again[key]["most_frequent_prediction"] == ood[key]["most_frequent_prediction"]
+        assert again[key]["mean_top1_probability"] == pytest.approx(ood[key]["mean_top1_probability"], abs=1e-5)
+    text = build_model_card(run_folder, out_of_domain=ood).text
+    assert "the same images inverted (dark item on white)" in text
+    assert f"{ood['photo_like_rgb']['mean_top1_probability']:.3f}" in text
+
+
+def test_out_of_domain_probe_needs_the_data(run_folder, tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        measure_out_of_domain(run_folder, data_dir=str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Staging and pushing
+# ---------------------------------------------------------------------------------------------------------------
+
+_BLOCKED_LOAD = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class BlockPackage(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "hf_vit_d2l" or name.startswith("hf_vit_d2l."):
+                raise ImportError("hf_vit_d2l is blocked in this process")
+
+    sys.meta_path.insert(0, BlockPackage())
+    try:
+        import hf_vit_d2l  # noqa: F401
+        raise SystemExit("hf_vit_d2l was importable")
+    except ImportError:
+        pass
+
+    from PIL import Image
+    from transformers import AutoModelForImageClassification, pipeline
+
+    folder = sys.argv[1]
+    model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)
+    classifier = pipeline("image-classification", model=folder, trust_remote_code=True)
+    out = classifier(Image.new("RGB", (50, 37), (200, 10, 10)), top_k=3)
+    print(json.dumps({"model": type(model).__module__, "labels": [o["label"] for o in out],
+                      "scores": [o["score"] for o in out]}))
+    """
+)
+
+
+def test_dry_run_folder_is_complete_and_loads_without_the_package(run_folder, tmp_path):
+    before = _tree_digest(run_folder)
+    out = stage_for_upload(run_folder, tmp_path / "upload", repo_id="someone/vit-d2l-tiny")
+    assert _tree_digest(run_folder) == before  # the training folder is only read
+    names = set(os.listdir(out))
+    assert {
+        "README.md",
+        "model.safetensors",
+        "config.json",
+        "configuration_vit_d2l.py",
+        "modeling_vit_d2l.py",
+        "image_processing_vit_d2l.py",
+        "preprocessor_config.json",
+        "all_results.json",
+        "eval_results.json",
+        "run_info.json",
+        "trainer_state.json",
+        "training_curves.png",
+        "confusion_matrix.png",
+    } <= names
+    assert check_folder_complete(out) == []
+    assert ModelCard.load(os.path.join(out, "README.md")).data.pipeline_tag == "image-classification"
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".upload")]  # no staging leftovers
+
+    script = tmp_path / "load_blocked.py"
+    script.write_text(_BLOCKED_LOAD)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-I", str(script), out], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["model"].startswith("transformers_modules.")  # the folder's code, not the package
+    assert len(result["labels"]) == 3 and set(result["labels"]) <= set(FASHION_MNIST_LABELS)
+
+    # Same image through the package gives the same probabilities.
+    model = ViTD2LForImageClassification.from_pretrained(run_folder).eval()
+    processor = ViTD2LImageProcessor.from_pretrained(run_folder)
+    with torch.no_grad():
+        probs = model(**processor(images=Image.new("RGB", (50, 37), (200, 10, 10)), return_tensors="pt")).logits
+    top = probs.softmax(-1)[0].topk(3)
+    assert result["scores"] == pytest.approx(top.values.tolist(), abs=1e-5)
+
+
+def test_dry_run_refuses_to_overwrite(run_folder, tmp_path):
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(HubPushError, match="already exists"):
+        stage_for_upload(run_folder, target)
+    assert os.listdir(target) == ["keep.txt"] and (target / "keep.txt").read_text() == "mine"
+    with pytest.raises(HubPushError, match="outside the model folder"):
+        stage_for_upload(run_folder, os.path.join(run_folder, "upload"))
+
+
+def test_incomplete_folder_is_reported(run_folder, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(run_folder, broken)
+    os.remove(broken / "modeling_vit_d2l.py")
+    config = json.loads((broken / "config.json").read_text())
+    del config["auto_map"]["AutoModel"]
+    (broken / "config.json").write_text(json.dumps(config))
+    problems = check_folder_complete(broken)
+    assert any("modeling_vit_d2l.py" in p for p in problems)
+    assert any("AutoModel" in p for p in problems)
+    with pytest.raises(HubPushError, match="modeling_vit_d2l.py is missing"):
+        stage_for_upload(broken, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _push_cli(run_folder, tmp_path, extra_env):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), PYTHONPATH=REPO_ROOT, **extra_env)
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "scripts", "push_to_hub.py"), run_folder, "--repo_id", "u/m"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return proc, time.monotonic() - start
+
+
+def test_push_cli_offline_fails_fast_with_a_clear_message_and_changes_nothing(run_folder, tmp_path):
+    before = _tree_digest(run_folder)
+    proc, seconds = _push_cli(run_folder, tmp_path, {"HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_fake"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "HF_HUB_OFFLINE is set" in proc.stderr and "Nothing was changed" in proc.stderr
+    assert "--dry_run" in proc.stderr and "Traceback" not in proc.stderr
+    assert seconds < 60  # the imports; no network wait at all
+    assert _tree_digest(run_folder) == before
+    assert not [n for n in os.listdir(os.path.dirname(run_folder)) if n.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    "token, endpoint, message",
+    [
+        (None, "https://huggingface.co", "No Hugging Face token"),
+        ("hf_fake", "http://127.0.0.1:9", "Cannot reach the Hub at http://127.0.0.1:9"),
+    ],
+    ids=["no-token", "unreachable"],
+)
+def test_push_without_token_or_network_fails_before_touching_anything(
+    run_folder, tmp_path, monkeypatch, token, endpoint, message
+):
+    from huggingface_hub import constants
+
+    from hf_vit_d2l.hub import push_to_hub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no_token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no_stored_tokens"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    if token:
+        monkeypatch.setenv("HF_TOKEN", token)
+    before = _tree_digest(run_folder)
+    start = time.monotonic()
+    with pytest.raises(HubPushError, match=message) as info:
+        push_to_hub(run_folder, "u/m", data_dir=str(tmp_path))
+    assert time.monotonic() - start < 5
+    assert "Nothing was changed" in str(info.value)
+    assert _tree_digest(run_folder) == before
+
+
+def test_push_rejects_bad_repo_ids(run_folder):
+    from hf_vit_d2l.hub import push_to_hub
+
+    for bad in ("", "no-slash", "a/b/c", "/name"):
+        with pytest.raises(HubPushError, match="USER/NAME"):
+            push_to_hub(run_folder, bad, dry_run_dir="unused")
+    with pytest.raises(HubPushError, match="second USER/NAME"):
+        push_to_hub(run_folder, "u/m", stock_vit_repo_id="u/m", dry_run_dir="unused")
+
+
+def test_push_cli_dry_run_writes_card_with_probe(run_folder, tmp_path):
+    out = tmp_path / "dry"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), PYTHONPATH=REPO_ROOT)
+    args = [run_folder, "--repo_id", "u/m", "--dry_run", str(out), "--ood_samples", "20"]
+    if not HAVE_DATA:
+        args.append("--skip_ood_probe")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "scripts", "push_to_hub.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"wrote the folder that would be uploaded to {out}" in proc.stdout
+    card = ModelCard.load(out / "README.md")
+    if HAVE_DATA:
+        ood = json.loads((out / "out_of_domain.json").read_text())
+        assert ood["num_samples"] == 20
+        assert f"{ood['inverted']['mean_top1_probability']:.3f}" in card.text
+    assert not os.path.exists(os.path.join(run_folder, "out_of_domain.json"))
