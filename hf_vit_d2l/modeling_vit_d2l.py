@@ -122,7 +122,8 @@ class ViTD2LAttention(nn.Module):
         attention_interface: Callable = eager_attention_forward
         # Attention weights exist only on the eager path: compute them there when asked for.
         if implementation != "eager" and not output_attentions:
-            attention_interface = ALL_ATTENTION_FUNCTIONS[implementation]
+            # get_interface (not a plain lookup) also lets `model.set_attn_implementation(...)` switch at run time.
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         output, weights = attention_interface(
             self,
             query,
