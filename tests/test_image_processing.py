@@ -1,0 +1,197 @@
+"""ViTD2LImageProcessor: the book's transform (bilinear resize to 96, scale to [0, 1]) on every kind of input."""
+
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor
+
+import hf_vit_d2l  # noqa: F401  (registers the Auto classes)
+from hf_vit_d2l import ViTD2LImageProcessor
+
+TEST_IMAGES = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+
+
+@pytest.fixture(scope="module")
+def fashion_images() -> np.ndarray:
+    """The first 8 real Fashion-MNIST test images (uint8, 28x28); a synthetic stand-in only if the file is absent."""
+    if os.path.exists(TEST_IMAGES):
+        with gzip.open(TEST_IMAGES) as f:
+            header = f.read(16)
+            assert int.from_bytes(header[:4], "big") == 2051  # IDX magic for ubyte images
+            return np.frombuffer(f.read(8 * 28 * 28), np.uint8).reshape(8, 28, 28).copy()
+    pytest.skip(f"{TEST_IMAGES} not found (Debian package dataset-fashion-mnist)")
+
+
+def book_transform(array: np.ndarray, size: int = 96) -> np.ndarray:
+    """The book's `transforms.Resize((96, 96))` + `ToTensor()` on a PIL "L" image, without torchvision."""
+    resized = Image.fromarray(array, mode="L").resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.float32)[None] / 255.0
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return ViTD2LImageProcessor()
+
+
+def test_defaults(processor):
+    assert processor.size == {"height": 96, "width": 96}
+    assert processor.do_resize and processor.do_rescale and not processor.do_normalize
+    assert processor.num_channels == 1
+    assert processor.resample == Image.Resampling.BILINEAR
+
+
+def test_equals_the_book_transform_on_real_fashion_mnist(processor, fashion_images):
+    images = [Image.fromarray(a, mode="L") for a in fashion_images]
+    out = processor(images, return_tensors="pt").pixel_values
+    assert out.shape == (8, 1, 96, 96) and out.dtype == torch.float32
+    assert out.min().item() >= 0.0 and out.max().item() <= 1.0 and out.max().item() > 0.5
+    expected = np.stack([book_transform(a) for a in fashion_images])
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "P", "I", "F", "CMYK", "YCbCr"])
+def test_pil_modes_reach_one_channel(processor, fashion_images, mode):
+    gray = Image.fromarray(fashion_images[0], mode="L")
+    image = gray.convert(mode)
+    out = processor(image, return_tensors="pt").pixel_values
+    assert out.shape == (1, 1, 96, 96)
+    # Gray round-trips through these modes exactly (YCbCr's luma can be 1 level off).
+    atol = 1.5 / 255 if mode == "YCbCr" else 1e-6
+    np.testing.assert_allclose(out[0].numpy(), book_transform(fashion_images[0]), atol=atol, rtol=0)
+
+
+def test_16_bit_pil_image_is_scaled_to_8_bits(processor, fashion_images):
+    image16 = Image.fromarray(fashion_images[0].astype(np.uint16) * 257)  # full 16-bit range
+    assert image16.mode.startswith("I;16")
+    out = processor(image16, return_tensors="pt").pixel_values
+    np.testing.assert_allclose(out[0].numpy(), book_transform(fashion_images[0]), atol=1e-6, rtol=0)
+
+
+def test_transparency_is_composited_on_black(processor):
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., :3] = 255  # white everywhere ...
+    rgba[:14, :, 3] = 255  # ... but only the top half opaque
+    out = processor(Image.fromarray(rgba, mode="RGBA"), return_tensors="pt").pixel_values[0, 0]
+    assert out[:40].min().item() == pytest.approx(1.0) and out[56:].max().item() == 0.0
+    out_array = processor(rgba, return_tensors="pt").pixel_values[0, 0]
+    torch.testing.assert_close(out_array, out, atol=1e-6, rtol=0)
+
+
+def test_rgb_is_converted_with_pil_luma(processor):
+    rgb = np.zeros((28, 28, 3), np.uint8)
+    rgb[..., 0] = 200  # pure red
+    out = processor(Image.fromarray(rgb, mode="RGB"), return_tensors="pt").pixel_values
+    expected = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.float32)[0, 0] / 255
+    assert out.shape == (1, 1, 96, 96)
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-6)
+    out_array = processor(rgb, return_tensors="pt").pixel_values
+    np.testing.assert_allclose(out_array.numpy(), expected, atol=1 / 255 + 1e-6)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["HW", "HW1", "1HW", "HW3", "3HW", "torch HW", "torch 1HW", "torch 3HW", "batch BHW1", "list"],
+)
+def test_arrays_and_tensors_in_any_layout(processor, fashion_images, layout):
+    a = fashion_images[0]
+    inputs = {
+        "HW": a,
+        "HW1": a[..., None],
+        "1HW": a[None],
+        "HW3": np.stack([a] * 3, -1),
+        "3HW": np.stack([a] * 3, 0),
+        "torch HW": torch.from_numpy(a),
+        "torch 1HW": torch.from_numpy(a)[None],
+        "torch 3HW": torch.from_numpy(np.stack([a] * 3, 0)),
+        "batch BHW1": np.stack([a[..., None], fashion_images[1][..., None]]),
+        "list": [a, torch.from_numpy(fashion_images[1]), Image.fromarray(fashion_images[2])],
+    }[layout]
+    out = processor(inputs, return_tensors="pt").pixel_values
+    count = {"batch BHW1": 2, "list": 3}.get(layout, 1)
+    assert out.shape == (count, 1, 96, 96)
+    expected = np.stack([book_transform(x) for x in fashion_images[:count]])
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, "bf16"])
+def test_float_input_in_unit_range_is_not_rescaled_twice(processor, fashion_images, dtype):
+    a = fashion_images[0].astype(np.float32) / 255
+    x = torch.from_numpy(a).bfloat16() if dtype == "bf16" else a.astype(dtype)
+    out = processor(x, return_tensors="pt").pixel_values
+    assert out.shape == (1, 1, 96, 96)
+    # Float images are resized in float (not rounded to 8 bits): within one grey level of the uint8 path.
+    np.testing.assert_allclose(out[0].numpy(), book_transform(fashion_images[0]), atol=1.5 / 255, rtol=0)
+    assert out.max().item() <= 1.0 + 1e-6
+
+
+def test_float_input_on_0_255_scale(processor, fashion_images):
+    out = processor(fashion_images[0].astype(np.float32), return_tensors="pt").pixel_values
+    np.testing.assert_allclose(out[0].numpy(), book_transform(fashion_images[0]), atol=1.5 / 255, rtol=0)
+
+
+def test_three_channel_processor_and_size(fashion_images):
+    processor = ViTD2LImageProcessor(num_channels=3, size={"height": 32, "width": 32})
+    out = processor(Image.fromarray(fashion_images[0]), return_tensors="pt").pixel_values
+    assert out.shape == (1, 3, 32, 32)
+    torch.testing.assert_close(out[:, 0], out[:, 2])
+    with pytest.raises(ValueError, match="num_channels must be 1"):
+        ViTD2LImageProcessor(num_channels=2)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (None, "got NoneType"),
+        (5, "got int"),
+        ([], "No images given"),
+        (np.zeros((28, 28, 7), np.uint8), r"shape \(28, 28, 7\)"),
+        (np.zeros((2, 2, 28, 28, 1), np.uint8), r"shape \(2, 2, 28, 28, 1\)"),
+        (np.zeros((5, 28, 28, 7), np.uint8), r"shape \(28, 28, 7\)"),
+        (np.array([["a"]], dtype=object), "not a numeric image"),
+        ("/nonexistent/picture.png", "Could not read the image from '/nonexistent/picture.png'"),
+    ],
+)
+def test_unreadable_input_is_a_clear_value_error(processor, bad, message):
+    with pytest.raises(ValueError, match=message):
+        processor(bad, return_tensors="pt")
+
+
+def test_unreadable_file_is_a_clear_value_error(processor, tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="Could not read the image"):
+        processor(str(path), return_tensors="pt")
+
+
+def test_image_file_path_is_read(processor, fashion_images, tmp_path):
+    path = tmp_path / "shoe.png"
+    Image.fromarray(fashion_images[0]).save(path)
+    out = processor(str(path), return_tensors="pt").pixel_values
+    np.testing.assert_allclose(out[0].numpy(), book_transform(fashion_images[0]), atol=1e-6, rtol=0)
+
+
+def test_save_and_auto_image_processor_resolve_to_our_class(tmp_path, fashion_images):
+    ViTD2LImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    stored = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert stored["image_processor_type"] == "ViTD2LImageProcessor"
+    assert stored["num_channels"] == 1 and stored["do_normalize"] is False
+    loaded = AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is ViTD2LImageProcessor
+    assert loaded.size == {"height": 32, "width": 32}
+    out = loaded(Image.fromarray(fashion_images[0]).convert("RGB"), return_tensors="pt").pixel_values
+    assert out.shape == (1, 1, 32, 32)
+    np.testing.assert_allclose(out[0].numpy(), book_transform(fashion_images[0], 32), atol=1e-6, rtol=0)
+
+
+def test_processor_output_feeds_the_model(processor, fashion_images):
+    model = hf_vit_d2l.ViTD2LForImageClassification(
+        hf_vit_d2l.ViTD2LConfig(hidden_size=32, num_attention_heads=4, intermediate_size=37)
+    ).eval()
+    with torch.no_grad():
+        logits = model(**processor(list(fashion_images[:3]), return_tensors="pt")).logits
+    assert logits.shape == (3, 10) and torch.isfinite(logits).all()
