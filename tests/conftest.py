@@ -1,0 +1,81 @@
+"""Shared pytest fixtures: real Fashion-MNIST files and small real-data datasets in the Hub's schema.
+
+* ``fashion_mnist_dir``: the folder with the four Debian IDX files (skips, saying how to install them, if absent).
+* ``fashion_mnist_arrays``: the real train/test images (uint8 N x 28 x 28) and labels read from those files.
+* ``tiny_idx_dir``: a folder of four valid IDX ``.gz`` files holding the first 600 train / 200 test real images.
+* ``tiny_parquet_dataset``: ``{"train": path, "test": path, "dir": folder}``, 600/200 real images written with
+  ``Dataset.to_parquet`` in the Hub's schema (``image: Image()``, ``label: ClassLabel``), for
+  ``load_dataset("parquet", data_files=...)`` or ``load_dataset(folder)``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY_TRAIN = 600
+TINY_TEST = 200
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
+    """Write a uint8 array as an IDX file (gzip-compressed if ``compress``)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data, compresslevel=1) if compress else data)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    from hf_vit_d2l.data import DEFAULT_DATA_DIR, find_fashion_mnist_files
+
+    if find_fashion_mnist_files(DEFAULT_DATA_DIR) is None:
+        pytest.skip(
+            f"Fashion-MNIST IDX files not found in {DEFAULT_DATA_DIR}; install them with "
+            "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu; .ci/run does this)."
+        )
+    return Path(DEFAULT_DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_arrays(fashion_mnist_dir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from hf_vit_d2l.data import find_fashion_mnist_files, read_idx
+
+    files = find_fashion_mnist_files(fashion_mnist_dir)
+    return {split: (read_idx(images), read_idx(labels)) for split, (images, labels) in files.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_idx_dir(fashion_mnist_arrays, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny_idx")
+    sizes = {"train": TINY_TRAIN, "test": TINY_TEST}
+    prefixes = {"train": "train", "test": "t10k"}
+    for split, (images, labels) in fashion_mnist_arrays.items():
+        n = sizes[split]
+        write_idx(folder / f"{prefixes[split]}-images-idx3-ubyte.gz", images[:n])
+        write_idx(folder / f"{prefixes[split]}-labels-idx1-ubyte.gz", labels[:n])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_parquet_dataset(fashion_mnist_arrays, tmp_path_factory) -> dict[str, str]:
+    from datasets import Dataset
+    from PIL import Image
+
+    from hf_vit_d2l.data import fashion_mnist_features
+
+    folder = tmp_path_factory.mktemp("tiny_parquet")
+    paths = {"dir": str(folder)}
+    for split, n in (("train", TINY_TRAIN), ("test", TINY_TEST)):
+        images, labels = fashion_mnist_arrays[split]
+        dataset = Dataset.from_dict(
+            {"image": [Image.fromarray(a, mode="L") for a in images[:n]], "label": labels[:n].tolist()},
+            features=fashion_mnist_features(),
+        )
+        paths[split] = str(folder / f"{split}.parquet")
+        dataset.to_parquet(paths[split])
+    return paths
