@@ -128,6 +128,38 @@ def stage_for_upload(
     return out_dir
 
 
+# PIL's "L" conversion weights (ITU-R 601-2 luma), as the package's image processor uses.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def rgb_input_stock_vit(stock):
+    """Make a 1-channel stock ViT take RGB input by folding the grayscale conversion into its patch embedding.
+
+    The `pipeline` always converts images to RGB, and transformers' stock image processor does not convert them
+    back to grayscale, so a 1-channel stock ViT fails on every pipeline call. A convolution is linear in its
+    input, so conv(w, luma(RGB)) = conv(w * luma_weights, RGB): the returned model gives, on any RGB image, the
+    logits the original gives on that image's grayscale version (exactly for gray images, whose R = G = B, since
+    the weights sum to 1; for colour images the package's processor rounds the grayscale image to 8 bits first,
+    a difference below 0.5/255 per pixel).
+    """
+    import torch
+    from torch import nn
+
+    embeddings = stock.vit.embeddings.patch_embeddings
+    conv = embeddings.projection
+    if conv.in_channels != 1:
+        return stock
+    rgb = nn.Conv2d(3, conv.out_channels, kernel_size=conv.kernel_size, stride=conv.stride, bias=conv.bias is not None)
+    with torch.no_grad():
+        rgb.weight.copy_(conv.weight * torch.tensor(_LUMA, dtype=conv.weight.dtype).view(1, 3, 1, 1))
+        if conv.bias is not None:
+            rgb.bias.copy_(conv.bias)
+    embeddings.projection = rgb.to(conv.weight.device)
+    embeddings.num_channels = 3
+    stock.config.num_channels = 3
+    return stock
+
+
 def stage_stock_vit(folder: str | os.PathLike, out_dir: str | os.PathLike, repo_id: str, source_repo_id: str) -> str:
     """The stock-transformers export (`hf_vit_d2l.to_transformers_vit`) with a stock image processor and a card."""
     from transformers import ViTImageProcessorPil
@@ -145,7 +177,7 @@ def stage_stock_vit(folder: str | os.PathLike, out_dir: str | os.PathLike, repo_
     if os.path.exists(out_dir):
         raise HubPushError(f"{out_dir} already exists; choose a new output folder for the stock-ViT export.")
     model = ViTD2LForImageClassification.from_pretrained(folder).eval()
-    stock = to_transformers_vit(model)
+    stock = rgb_input_stock_vit(to_transformers_vit(model))
     config = model.config
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -156,6 +188,7 @@ def stage_stock_vit(folder: str | os.PathLike, out_dir: str | os.PathLike, repo_
             size={"height": config.image_size, "width": config.image_size},
             do_normalize=False,
             do_rescale=True,
+            do_convert_rgb=True,  # grayscale files become R = G = B, which the RGB patch embedding maps back
         ).save_pretrained(staging)
         card = "\n".join(
             [
@@ -171,19 +204,21 @@ def stage_stock_vit(folder: str | os.PathLike, out_dir: str | os.PathLike, repo_
                 "",
                 f"The model of [{source_repo_id}](https://huggingface.co/{source_repo_id}) (the Vision Transformer of "
                 "*Dive into Deep Learning*) converted to a stock `transformers.ViTForImageClassification` with "
-                "`hf_vit_d2l.to_transformers_vit`: no remote code is needed, and in eval mode the logits equal the "
-                f"original's. See [{source_repo_id}](https://huggingface.co/{source_repo_id}) for its training, "
+                "`hf_vit_d2l.to_transformers_vit`: no remote code is needed. The grayscale conversion is folded into "
+                "the patch embedding (its weights times the luma weights 0.299, 0.587, 0.114), so the model takes "
+                "RGB input, as the `pipeline` gives it; on grayscale images its logits equal the original's in eval "
+                f"mode. See [{source_repo_id}](https://huggingface.co/{source_repo_id}) for its training, "
                 "evaluation and limits.",
                 "",
-                f"The model takes {config.num_channels}-channel {config.image_size}x{config.image_size} input: pass "
-                'grayscale (mode "L") images, since the stock image processor does not convert RGB to grayscale.',
+                f"Input: {config.image_size}x{config.image_size} RGB (the image processor resizes and converts any "
+                "image); the domain is Fashion-MNIST's, a white clothing item on black.",
                 "",
                 "```python",
                 "from PIL import Image",
                 "from transformers import pipeline",
                 "",
                 f'classifier = pipeline("image-classification", model="{repo_id}")',
-                'print(classifier(Image.open("my_image.png").convert("L"), top_k=3))',
+                'print(classifier(Image.open("my_image.png"), top_k=3))',
                 "```",
                 "",
             ]
@@ -299,6 +334,7 @@ __all__ = [
     "check_folder_complete",
     "check_hub_ready",
     "push_to_hub",
+    "rgb_input_stock_vit",
     "stage_for_upload",
     "stage_stock_vit",
 ]

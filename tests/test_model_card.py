@@ -507,3 +507,39 @@ def test_push_cli_dry_run_writes_card_with_probe(run_folder, tmp_path):
         assert ood["num_samples"] == 20
         assert f"{ood['inverted']['mean_top1_probability']:.3f}" in card.text
     assert not os.path.exists(os.path.join(run_folder, "out_of_domain.json"))
+
+
+def test_dry_run_with_stock_vit_export(run_folder, tmp_path):
+    """--also_stock_vit_repo: a second folder that plain transformers loads (no remote code), same probabilities."""
+    from transformers import AutoModelForImageClassification, ViTForImageClassification, pipeline
+
+    from hf_vit_d2l.hub import push_to_hub
+
+    result = push_to_hub(
+        run_folder, "u/m", stock_vit_repo_id="u/m-stock", dry_run_dir=tmp_path / "up", measure_ood=False
+    )
+    stock_dir = result["stock_vit_staged"]
+    assert stock_dir == str(tmp_path / "up") + "-stock-vit"
+    assert {"README.md", "config.json", "model.safetensors", "preprocessor_config.json"} <= set(os.listdir(stock_dir))
+    assert not [n for n in os.listdir(stock_dir) if n.endswith(".py")]
+    with open(os.path.join(stock_dir, "config.json")) as f:
+        config = json.load(f)
+    assert config["model_type"] == "vit" and "auto_map" not in config and config["num_channels"] == 3
+    stock = AutoModelForImageClassification.from_pretrained(stock_dir).eval()
+    assert isinstance(stock, ViTForImageClassification)
+    image = Image.fromarray(_test_images(1)[0][0], "L")
+    expected = ViTD2LForImageClassification.from_pretrained(run_folder).eval()
+    processor = ViTD2LImageProcessor.from_pretrained(run_folder)
+    with torch.no_grad():
+        reference = expected(**processor(images=image, return_tensors="pt")).logits.softmax(-1)[0]
+    out = pipeline("image-classification", model=stock_dir)(image, top_k=3)
+    assert [o["label"] for o in out] == [FASHION_MNIST_LABELS[int(i)] for i in reference.topk(3).indices]
+    assert [o["score"] for o in out] == pytest.approx(reference.topk(3).values.tolist(), abs=1e-5)
+    assert "u/m-stock" in ModelCard.load(os.path.join(tmp_path / "up", "README.md")).text
+    # Colour input: the package rounds the grayscale image to 8 bits, the folded conv does not (< 0.5/255 a pixel).
+    colour = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 30, 3), dtype=np.uint8), "RGB")
+    with torch.no_grad():
+        reference = expected(**processor(images=colour, return_tensors="pt")).logits.softmax(-1)[0]
+    out = pipeline("image-classification", model=stock_dir)(colour, top_k=10)
+    by_label = {o["label"]: o["score"] for o in out}
+    assert [by_label[name] for name in FASHION_MNIST_LABELS] == pytest.approx(reference.tolist(), abs=2e-4)

@@ -1,0 +1,184 @@
+"""`python -m hf_vit_d2l.predict` (issue 4): files of any mode and size, folders, bad files, --top_k, --json."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hf_vit_d2l import FASHION_MNIST_LABELS, ViTD2LConfig, ViTD2LForImageClassification, ViTD2LImageProcessor
+from hf_vit_d2l.predict import collect_images, load_classifier, main, predict_files
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {
+    "image_size": 28,
+    "patch_size": 7,
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("predict") / "model"
+    torch.manual_seed(0)
+    ViTD2LForImageClassification(ViTD2LConfig(**TINY)).save_pretrained(folder)
+    ViTD2LImageProcessor(size={"height": 28, "width": 28}).save_pretrained(folder)
+    return str(folder)
+
+
+def _reference_probs(folder, image: Image.Image) -> torch.Tensor:
+    model = ViTD2LForImageClassification.from_pretrained(folder).eval()
+    processor = ViTD2LImageProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        return model(**processor(images=image, return_tensors="pt")).logits.softmax(-1)[0]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """PNG/JPEG files of modes L, RGB, RGBA, P and LA at odd sizes, in a folder with a subfolder and a non-image."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    (root / "sub").mkdir()
+    made = {}
+    specs = [
+        ("gray.png", "L", (28, 28)),
+        ("rgb.jpg", "RGB", (37, 53)),
+        ("rgba.png", "RGBA", (101, 7)),
+        ("palette.png", "P", (64, 30)),
+        ("gray_alpha.png", "LA", (13, 17)),
+        ("sub/big.jpeg", "RGB", (640, 480)),
+    ]
+    for name, mode, (w, h) in specs:
+        channels = {"L": 1, "RGB": 3, "RGBA": 4, "LA": 2, "P": 3}[mode]
+        array = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+        image = Image.fromarray(array.squeeze(-1) if channels == 1 else array, {"P": "RGB"}.get(mode, mode))
+        if mode == "P":
+            image = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+        image.save(root / name)
+        made[name] = str(root / name)
+    (root / "notes.txt").write_text("not an image")
+    return root, made
+
+
+def test_every_mode_and_size_gets_a_prediction_equal_to_the_model(model_folder, images):
+    root, made = images
+    model, processor = load_classifier(model_folder)
+    files = sorted(made.values())
+    results = list(predict_files(files, model, processor, top_k=3, batch_size=4, progress=False))
+    assert [r.path for r in results] == files
+    for result in results:
+        assert result.error is None
+        assert len(result.labels) == 3 and set(result.labels) <= set(FASHION_MNIST_LABELS)
+        assert result.scores == sorted(result.scores, reverse=True)
+        with Image.open(result.path) as image:
+            reference = _reference_probs(model_folder, image.copy())
+        top = reference.topk(3)
+        assert result.scores == pytest.approx(top.values.tolist(), abs=1e-5)
+        assert result.labels == [FASHION_MNIST_LABELS[int(i)] for i in top.indices]
+
+
+def test_batching_does_not_change_results(model_folder, images):
+    _, made = images
+    model, processor = load_classifier(model_folder)
+    files = sorted(made.values())
+    one = list(predict_files(files, model, processor, top_k=10, batch_size=1, progress=False))
+    many = list(predict_files(files, model, processor, top_k=10, batch_size=64, progress=False))
+    for a, b in zip(one, many, strict=True):
+        assert a.labels == b.labels and a.scores == pytest.approx(b.scores, abs=1e-6)
+
+
+def test_collect_walks_folders_recursively_and_skips_non_images(images, tmp_path):
+    root, made = images
+    files, errors = collect_images([str(root), str(tmp_path / "missing.png")])
+    assert files == sorted(made.values(), key=lambda p: (os.path.dirname(p) != str(root), p))
+    assert [e.path for e in errors] == [str(tmp_path / "missing.png")]
+    assert "no such file" in errors[0].error
+    (tmp_path / "empty").mkdir()
+    _, errors = collect_images([str(tmp_path / "empty")])
+    assert "no image files" in errors[0].error
+
+
+def test_cli_json_with_corrupt_file_and_folder(model_folder, images, tmp_path, capsys):
+    root, made = images
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    truncated = tmp_path / "truncated.jpg"
+    with open(made["sub/big.jpeg"], "rb") as f:
+        truncated.write_bytes(f.read()[:500])
+    code = main(
+        [str(corrupt), str(root), str(truncated), "--model", model_folder, "--top_k", "2", "--json", "--no_progress"]
+    )
+    assert code == 1
+    out = json.loads(capsys.readouterr().out)
+    by_file = {entry["file"]: entry for entry in out}
+    assert set(by_file) == {str(corrupt), str(truncated), *made.values()}
+    assert "cannot read image" in by_file[str(corrupt)]["error"]
+    assert "cannot read image" in by_file[str(truncated)]["error"]
+    for path in made.values():
+        predictions = by_file[path]["predictions"]
+        assert len(predictions) == 2
+        assert all(p["label"] in FASHION_MNIST_LABELS and 0 < p["score"] <= 1 for p in predictions)
+
+
+def test_cli_text_output_and_top_k(model_folder, images, capsys):
+    _, made = images
+    assert main([made["gray.png"], "--model", model_folder, "--top_k", "4", "--no_progress"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(made["gray.png"] + ": ")
+    assert line.count("(") == 4
+    assert main([made["gray.png"], "--model", model_folder, "--top_k", "50", "--json", "--no_progress"]) == 0
+    assert len(json.loads(capsys.readouterr().out)[0]["predictions"]) == 10  # capped at num_labels
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--top_k", "0"], "--top_k must be >= 1"),
+        (["--batch_size", "0"], "--batch_size must be >= 1"),
+    ],
+)
+def test_cli_rejects_bad_numbers(model_folder, images, capsys, args, message):
+    _, made = images
+    assert main([made["gray.png"], "--model", model_folder, *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_bad_model_and_no_images(model_folder, images, tmp_path, capsys):
+    _, made = images
+    assert main([made["gray.png"], "--model", str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main([made["gray.png"], "--model", made["gray.png"]]) == 2
+    assert "is a file" in capsys.readouterr().err
+    (tmp_path / "not_a_model").mkdir()
+    assert main([made["gray.png"], "--model", str(tmp_path / "not_a_model")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing.png"), "--model", model_folder]) == 2
+    assert "no image files to classify" in capsys.readouterr().err
+
+
+def test_module_entry_point_with_remote_code(model_folder, images, tmp_path):
+    """`python -m hf_vit_d2l.predict` as a user runs it, using the code files saved with the model."""
+    _, made = images
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), PYTHONPATH=REPO_ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hf_vit_d2l.predict", made["rgb.jpg"], "--model", model_folder, "--json"]
+        + ["--trust_remote_code", "--top_k", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [entry] = json.loads(proc.stdout)
+    with Image.open(made["rgb.jpg"]) as image:
+        reference = _reference_probs(model_folder, image.copy())
+    assert entry["predictions"][0]["label"] == FASHION_MNIST_LABELS[int(reference.argmax())]
+    assert entry["predictions"][0]["score"] == pytest.approx(float(reference.max()), abs=1e-5)
