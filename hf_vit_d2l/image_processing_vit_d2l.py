@@ -126,7 +126,12 @@ class ViTD2LImageProcessor(ViTImageProcessorPil):
         if isinstance(image, Image.Image):
             image = self._pil_to_mode(image, "L" if self.num_channels == 1 else "RGB")
             return super().process_image(image, do_convert_rgb=False, input_data_format=None, **kwargs)
+        if torch is not None and torch.is_tensor(image):
+            image = image.detach().cpu()
+            image = image.float() if image.dtype in (torch.bfloat16, torch.float16) else image
         array = np.asarray(image)
+        if array.ndim == 2:  # also when called directly, without _prepare_images_structure
+            array = array[None]
         if np.issubdtype(array.dtype, np.floating):
             # Float images in [0, 1] are already scaled (torchvision's ToTensor convention); bring them to the 0-255
             # scale that `rescale` (x / 255) expects. Floats above 1 are taken to be on the 0-255 scale already.

@@ -195,3 +195,12 @@ def test_processor_output_feeds_the_model(processor, fashion_images):
     with torch.no_grad():
         logits = model(**processor(list(fashion_images[:3]), return_tensors="pt")).logits
     assert logits.shape == (3, 10) and torch.isfinite(logits).all()
+
+
+def test_process_image_called_directly_handles_every_layout(processor, fashion_images):
+    """`ImageClassificationCollator`'s tensor backend calls `process_image` per image, skipping the list handling."""
+    a = fashion_images[0]
+    for image in (a, a[..., None], a[None], torch.from_numpy(a), Image.fromarray(a).convert("RGBA")):
+        out = processor.process_image(image)
+        assert out.shape == (1, 28, 28) and out.dtype == np.uint8
+        np.testing.assert_array_equal(out[0], a)
