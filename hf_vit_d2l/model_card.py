@@ -13,7 +13,6 @@ Any figure the folder does not hold is written as "not measured".
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import os
@@ -176,22 +175,6 @@ def get_test_accuracy(run: dict[str, Any]) -> tuple[float, int | None, str] | No
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _read_idx_images(path: str) -> np.ndarray:
-    try:
-        from .data import read_idx  # the validating reader, when the data module is installed
-    except ImportError:
-        read_idx = None
-    if read_idx is not None:
-        return read_idx(path)
-    with gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file.")
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
 def _smooth_colour_fields(num: int, size: int, rng: np.random.Generator) -> list:
     """Photo-like RGB inputs: low-frequency random colour fields (8x8 noise upsampled bicubically) plus grain."""
     from PIL import Image
@@ -223,6 +206,8 @@ def measure_out_of_domain(
     from PIL import Image
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+    from .data import read_idx
+
     model_folder = os.fspath(model_folder)
     images_path = os.path.join(data_dir, "t10k-images-idx3-ubyte.gz")
     labels_path = os.path.join(data_dir, "t10k-labels-idx1-ubyte.gz")
@@ -232,8 +217,8 @@ def measure_out_of_domain(
                 f"{path} not found: the out-of-domain probe needs the Fashion-MNIST test split "
                 "(apt-get install dataset-fashion-mnist, or pass data_dir=...)."
             )
-    pixels = _read_idx_images(images_path)[:num_samples]
-    labels = np.asarray(_read_idx_images(labels_path)[:num_samples], dtype=np.int64)
+    pixels = read_idx(images_path, expected_ndim=3)[:num_samples]
+    labels = np.asarray(read_idx(labels_path, expected_ndim=1)[:num_samples], dtype=np.int64)
     model = AutoModelForImageClassification.from_pretrained(model_folder).eval()
     processor = AutoImageProcessor.from_pretrained(model_folder)
 
@@ -295,11 +280,17 @@ def _md_escape(text: Any) -> str:
     return str(text).replace("|", "\\|")
 
 
+def _scaled_flops(value: int) -> str:
+    return f"{value / 1e9:.3g} GFLOP" if value >= 1e8 else f"{value / 1e6:.3g} MFLOP"
+
+
 def _seconds(value: float | None) -> str:
     if value is None:
         return NOT_MEASURED
     minutes, seconds = divmod(float(value), 60)
     hours, minutes = divmod(minutes, 60)
+    if value < 60:
+        return f"{value:,.1f} s"
     clock = f"{int(hours)} h {int(minutes):02d} min" if hours else f"{int(minutes)} min {seconds:04.1f} s"
     return f"{value:,.1f} s ({clock})"
 
@@ -331,12 +322,16 @@ def _hyperparameters(run: dict[str, Any]) -> dict[str, Any]:
     `trainer_state.json`, in that order of precedence."""
     found: dict[str, Any] = {}
     run_info = run["run_info"] or {}
+    optimizer = str((run["training_args"] or {}).get("optim", ""))
     for source in (run_info.get("hyperparameters"), run["training_args"]):
         if not isinstance(source, dict):
             continue
         for key in _HYPERPARAMETER_KEYS if source is run["training_args"] else source:
             value = source.get(key)
-            if key not in found and value is not None and not (key == "max_steps" and value in (-1, 0)):
+            irrelevant = (key == "max_steps" and value in (-1, 0)) or (
+                key.startswith("adam_") and optimizer and "adam" not in optimizer.lower()
+            )
+            if key not in found and value is not None and not irrelevant:
                 found[key] = value
     state = run["trainer_state"] or {}
     for key, state_key in (
@@ -403,12 +398,36 @@ def _out_of_domain_text(ood: dict[str, Any] | None) -> str:
             f"| {rgb['mean_top1_probability']:.3f} | {_pct(rgb['share_top1_probability_above_0.9'])} "
             f"| {_md_escape(rgb['most_frequent_prediction'])} ({_pct(rgb['share_of_most_frequent_prediction'])}) |",
             "",
-            'The model always answers with one of the ten classes and a probability: it has no "none of these" '
-            "output. On inverted images and on inputs that show no garment, its labels are meaningless, and the "
-            "probability it reports is no measure of that (compare the top-1 probability columns). Use it only on "
-            "images prepared like Fashion-MNIST.",
+            _out_of_domain_reading(ind, inv, rgb),
         ]
     )
+
+
+def _out_of_domain_reading(ind: dict[str, Any], inv: dict[str, Any], rgb: dict[str, Any]) -> str:
+    """What the probe's numbers say, in words chosen from the numbers (not a fixed verdict)."""
+    words = [
+        'The model always answers with one of the ten classes: it has no "none of these" output. '
+        f"Inverting the images (a dark item on a light background, as in most product photos) takes accuracy from "
+        f"{_pct(ind.get('accuracy'))} to {_pct(inv.get('accuracy'))}. On photo-like images that show no garment "
+        f"at all it answers {_md_escape(rgb['most_frequent_prediction'])} for "
+        f"{_pct(rgb['share_of_most_frequent_prediction'])} of them: those labels are meaningless."
+    ]
+    in_conf = ind["mean_top1_probability"]
+    for name, part in (("inverted images", inv), ("the photo-like images", rgb)):
+        conf = part["mean_top1_probability"]
+        if conf >= 0.8 * in_conf:
+            words.append(
+                f"On {name} it is about as confident as on real test images or more (mean top-1 probability "
+                f"{conf:.3f} against {in_conf:.3f}; {_pct(part['share_top1_probability_above_0.9'])} above 0.9): "
+                "its probability does not flag such inputs."
+            )
+        else:
+            words.append(
+                f"On {name} it is less confident than on real test images (mean top-1 probability {conf:.3f} "
+                f'against {in_conf:.3f}), but the probability is not calibrated as an "unknown input" signal.'
+            )
+    words.append("Use it only on images prepared like Fashion-MNIST.")
+    return " ".join(words)
 
 
 def build_model_card(
@@ -509,8 +528,8 @@ def build_model_card(
         f"| bias in W_q, W_k, W_v, W_o | `use_bias` | {config.qkv_bias} |",
         f"| classes | `num_classes` | {config.num_labels} |",
         f"| parameters | | {num_params:,} |",
-        f"| forward FLOPs per image | | {forward:,} ({forward / 1e9:.3f} GFLOP) |",
-        f"| training FLOPs per image (3x forward) | | {3 * forward:,} ({3 * forward / 1e9:.3f} GFLOP) |",
+        f"| forward FLOPs per image | | {forward:,} ({_scaled_flops(forward)}) |",
+        f"| training FLOPs per image (3x forward) | | {3 * forward:,} ({_scaled_flops(3 * forward)}) |",
         "",
         "Parameters are counted from the saved weights. FLOPs count a multiply-add as 2 and include only the "
         "matrix products (`hf_vit_d2l.model_card.flops_per_image`): "
@@ -553,12 +572,19 @@ def build_model_card(
         "60,000 training and 10,000 test images, 28x28 grayscale, ten classes"
         + (f"; this run read `{_md_escape(run_info['dataset'])}`" if run_info.get("dataset") else "")
         + f", training samples: {_num(run_info.get('train_samples'))}, "
-        f"evaluation samples: {_num(run_info.get('eval_samples'))}."
+        f"samples evaluated after each epoch: {_num(run_info.get('eval_samples'))}."
     )
     train += [
         "",
         f"- Recipe: {_md_escape(run_info['recipe']) if run_info.get('recipe') else NOT_MEASURED}",
         f"- Hardware: {_md_escape(run_info['hardware']) if run_info.get('hardware') else NOT_MEASURED}",
+        f"- Augmentation: {_md_escape(run_info.get('augmentation', NOT_MEASURED))}; mixed precision: "
+        f"{_md_escape(run_info.get('mixed_precision', NOT_MEASURED))}"
+        + (
+            "; software: " + ", ".join(f"{k} {v}" for k, v in run_info["versions"].items())
+            if isinstance(run_info.get("versions"), dict)
+            else ""
+        ),
         f"- Training time: {_seconds(all_results.get('train_runtime'))}, "
         f"{_num(all_results.get('train_samples_per_second'), '{:,.1f}')} samples/s, "
         f"{_num(all_results.get('epoch'), '{:g}')} epochs",
@@ -644,7 +670,13 @@ def build_model_card(
                 "As a stock `transformers.ViTForImageClassification` (no remote code; same logits in eval mode; "
                 '`pooling="cls"` only): `hf_vit_d2l.to_transformers_vit(model)` converts it'
                 + (f", and [{stock}](https://huggingface.co/{stock}) holds that export." if stock_vit_repo_id else ".")
-                + " The stock model keeps one input channel, so pass grayscale images to it.",
+                + (
+                    " That repository's copy takes RGB input (the grayscale conversion folded into the patch "
+                    "embedding by `hf_vit_d2l.hub.rgb_input_stock_vit`), so the stock `pipeline` works on it."
+                    if stock_vit_repo_id
+                    else ""
+                )
+                + " `to_transformers_vit` itself keeps the model's single input channel: pass it grayscale images.",
                 "",
                 "```python",
                 "from hf_vit_d2l import to_transformers_vit",

@@ -17,10 +17,16 @@ and photo-like images (the card's "limitations" figures) on the local Fashion-MN
 
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from hf_vit_d2l.hub import HubPushError, push_to_hub
+try:
+    import hf_vit_d2l  # noqa: F401
+except ImportError:  # run from a clone without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hf_vit_d2l.hub import HubPushError, push_to_hub  # noqa: E402
 
 
 @dataclass
