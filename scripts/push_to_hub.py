@@ -19,7 +19,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
+# Python puts this script's folder first on sys.path, where scripts/evaluate.py would shadow the `evaluate` library.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+from transformers import HfArgumentParser  # noqa: E402
 
 try:
     import hf_vit_d2l  # noqa: F401
