@@ -261,13 +261,21 @@ def test_card_says_not_measured_when_figures_are_missing(tmp_path):
 
 
 def test_card_falls_back_to_all_results_accuracy(tmp_path):
+    """Before scripts/evaluate.py runs, eval_results.json is the Trainer's (eval_-prefixed keys) or absent."""
     folder = make_run_folder(tmp_path / "noeval", with_eval=True)
-    os.remove(os.path.join(folder, "eval_results.json"))
+    os.remove(os.path.join(folder, "confusion_matrix.png"))
     with open(os.path.join(folder, "all_results.json")) as f:
         accuracy = json.load(f)["eval_accuracy"]
-    card = build_model_card(folder)
-    assert card.data.eval_results[0].metric_value == accuracy
-    assert "(`all_results.json`)" in card.text
+    with open(os.path.join(folder, "eval_results.json"), "w") as f:
+        json.dump({"epoch": 2.0, "eval_accuracy": accuracy, "eval_loss": 2.3, "eval_samples": 200}, f)
+    for remove in (False, True):
+        if remove:
+            os.remove(os.path.join(folder, "eval_results.json"))
+        card = build_model_card(folder)
+        assert card.data.eval_results[0].metric_value == accuracy
+        assert "(`all_results.json`)" in card.text
+        assert f"Per-class accuracy: {NOT_MEASURED}" in card.text
+        assert f"Confusion matrix: {NOT_MEASURED}" in card.text
 
 
 def test_card_rejects_non_model_folders(tmp_path):
