@@ -746,7 +746,17 @@ def build_model(
     model_args: ModelArguments, recipe: Recipe, label_names: list[str]
 ) -> tuple[ViTD2LForImageClassification, ViTD2LConfig]:
     """A fresh model from preset/config + recipe + overrides, or weights from --model_name_or_path."""
-    overrides = parse_config_overrides(model_args.config_overrides)
+    # Book names (num_heads, num_blks ...) become canonical, so they replace the preset's/recipe's values.
+    overrides = {
+        ViTD2LConfig.attribute_map.get(key, key): value
+        for key, value in parse_config_overrides(model_args.config_overrides).items()
+    }
+    if "num_labels" in overrides and overrides["num_labels"] != len(label_names):
+        raise TrainingSetupError(
+            f"--config_overrides num_labels={overrides['num_labels']}: the dataset has {len(label_names)} classes; "
+            "the label count follows the dataset."
+        )
+    overrides.pop("num_labels", None)
     label_kwargs = {
         "num_labels": len(label_names),
         "id2label": dict(enumerate(label_names)),

@@ -13,12 +13,16 @@ Writes `eval_results.json` (accuracy, loss, num_samples, per_class_accuracy, con
 import sys
 from pathlib import Path
 
+# Python puts this script's folder first on sys.path, where scripts/evaluate.py would shadow the `evaluate` library.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
 try:
     import hf_vit_d2l  # noqa: F401
 except ImportError:  # run from a clone without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_vit_d2l.training import evaluate_main
+from hf_vit_d2l.training import evaluate_main  # noqa: E402  (after the sys.path fix)
 
 
 def main() -> int:

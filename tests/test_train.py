@@ -1,0 +1,450 @@
+"""Training through the Trainer (scripts/train.py, hf_vit_d2l.training): recipes, real-data runs, DDP, resume.
+
+The end-to-end runs use a tiny config (28 px, patch 7, hidden 32, one block) on slices of the real Fashion-MNIST
+(Debian's dataset-fashion-mnist, installed by .ci/run) and take a few seconds of training each.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_vit_d2l import training
+from hf_vit_d2l.training import (
+    CHECKPOINT_STAGING_DIR,
+    RECIPES,
+    TrainingSetupError,
+    apply_batch_policy,
+    get_last_checkpoint,
+    parse_args,
+    parse_config_overrides,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = REPO / "scripts" / "train.py"
+DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
+HAVE_DATA = (DATA_DIR / "train-images-idx3-ubyte.gz").exists()
+needs_data = pytest.mark.skipif(not HAVE_DATA, reason="needs Debian's dataset-fashion-mnist (see scripts/setup.sh)")
+
+TINY = "image_size=28,patch_size=7,hidden_size=32,intermediate_size=64,num_attention_heads=2,num_hidden_layers=1"
+# A fast, deterministic small-data recipe for tests: AdamW at a constant 5e-3, batch 64, no augmentation.
+def fast_args(config: str = TINY) -> list[str]:
+    return [
+    "--recipe", "quick", "--augmentation", "none", "--config_overrides", config, "--label_smoothing_factor", "0",
+    "--learning_rate", "5e-3", "--per_device_train_batch_size", "64", "--warmup_steps", "0",
+    "--lr_scheduler_type", "constant", "--disable_tqdm", "true", "--data_dir", str(DATA_DIR),
+    ]  # fmt: skip
+
+
+FAST = fast_args()
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", **extra)
+    return env
+
+
+def _run_script(args, cwd, timeout=300, **env):
+    return subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), *args], cwd=cwd, env=_env(**env), capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Arguments and recipes (in process, fast)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_book_recipe_is_the_default(tmp_path):
+    model_args, data_args, recipe_args, args, recipe, explicit = parse_args(["--output_dir", str(tmp_path)])
+    assert recipe.name == "book" and explicit == {"output_dir"}
+    assert args.optim.value == "sgd" and args.learning_rate == 0.1 and args.weight_decay == 0.0
+    assert args.optim_args is None  # no momentum
+    assert args.lr_scheduler_type.value == "constant" and args.warmup_steps == 0
+    assert args.num_train_epochs == 10 and args.max_grad_norm == 0.0 and args.label_smoothing_factor == 0.0
+    assert args.eval_strategy.value == "epoch" and args.save_strategy.value == "epoch"
+    assert args.seed == 42 and args.data_seed == 42
+    assert recipe.global_batch_size == 128 and not recipe.augment and not recipe.normalize
+    assert apply_batch_policy(args, recipe, explicit) == 128 and args.per_device_train_batch_size == 128
+    model, config = training.build_model(model_args, recipe, ["a"] * 10)
+    assert sum(p.numel() for p in model.parameters()) == 6_457_866  # the book's 96 px config
+    processor = training.build_image_processor(model_args, config, recipe)
+    assert processor.size == {"height": 96, "width": 96} and not processor.do_normalize
+
+
+def test_explicit_flags_beat_recipe_defaults(tmp_path):
+    argv = ["--output_dir", str(tmp_path), "--recipe", "improved", "--learning_rate", "5e-4", "--num_train_epochs=3"]
+    _, _, _, args, recipe, explicit = parse_args(argv)
+    assert recipe.name == "improved"
+    assert args.learning_rate == 5e-4 and args.num_train_epochs == 3  # given
+    assert args.optim.value == "adamw_torch" and args.weight_decay == 0.05 and args.label_smoothing_factor == 0.1
+    assert args.lr_scheduler_type.value == "cosine" and args.warmup_steps == 0.05
+    # A flag that equals the default is still explicit (e.g. --weight_decay 0 under improved stays 0).
+    _, _, _, args, _, _ = parse_args(["--output_dir", str(tmp_path), "--recipe", "improved", "--weight_decay", "0"])
+    assert args.weight_decay == 0.0
+
+
+def test_quick_recipe_config_and_image_size_follow(tmp_path):
+    model_args, _, _, args, recipe, _ = parse_args(
+        ["--output_dir", str(tmp_path), "--recipe", "quick", "--config_overrides", "hidden_size=48,num_heads=3"]
+    )
+    model, config = training.build_model(model_args, recipe, [str(i) for i in range(10)])
+    assert (config.image_size, config.patch_size, config.hidden_size, config.num_attention_heads) == (28, 4, 48, 3)
+    processor = training.build_image_processor(model_args, config, recipe)
+    assert processor.size == {"height": 28, "width": 28} and processor.do_normalize
+    assert processor.image_mean == [pytest.approx(0.286)] and processor.image_std == [pytest.approx(0.353)]
+
+
+def test_global_batch_policy_under_n_processes():
+    def fake(world, accumulation=1):
+        return types.SimpleNamespace(
+            world_size=world,
+            parallel_mode=types.SimpleNamespace(value="distributed"),
+            n_gpu=1,
+            gradient_accumulation_steps=accumulation,
+            per_device_train_batch_size=8,
+        )
+
+    book = RECIPES["book"]
+    args = fake(2)
+    assert apply_batch_policy(args, book, set()) == 128 and args.per_device_train_batch_size == 64
+    args = fake(4, accumulation=2)
+    assert apply_batch_policy(args, book, set()) == 128 and args.per_device_train_batch_size == 16
+    args = fake(3)  # does not divide: rounded up
+    assert apply_batch_policy(args, book, set()) == 129 and args.per_device_train_batch_size == 43
+    args = fake(2)  # explicit per-device batch is kept
+    assert apply_batch_policy(args, book, {"per_device_train_batch_size"}) == 16
+
+
+def test_config_overrides_parsing():
+    assert parse_config_overrides("hidden_size=64, num_blks=1,qkv_bias=true,pooling=mean,emb_dropout=0") == {
+        "hidden_size": 64,
+        "num_blks": 1,
+        "qkv_bias": True,
+        "pooling": "mean",
+        "emb_dropout": 0.0,
+    }
+    with pytest.raises(TrainingSetupError, match="unknown config field 'hiden_size'"):
+        parse_config_overrides("hiden_size=64")
+    with pytest.raises(TrainingSetupError, match="not a valid int"):
+        parse_config_overrides("hidden_size=big")
+    with pytest.raises(TrainingSetupError, match="not key=value"):
+        parse_config_overrides("hidden_size")
+
+
+def test_incomplete_checkpoints_are_never_resumed(tmp_path):
+    good = tmp_path / "checkpoint-10"
+    good.mkdir()
+    (good / "config.json").write_text("{}")
+    (good / "trainer_state.json").write_text("{}")
+    half = tmp_path / "checkpoint-20"  # what a SIGKILL during a non-atomic save leaves
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"partial")
+    (tmp_path / CHECKPOINT_STAGING_DIR / "checkpoint-30").mkdir(parents=True)
+    assert get_last_checkpoint(str(tmp_path)) == str(good)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input: a clear error (exit status 2), before any training
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _run_in_process(argv, capsys):
+    status = training.run(argv)
+    return status, capsys.readouterr().err
+
+
+def test_unknown_recipe(tmp_path, capsys):
+    status, err = _run_in_process(["--output_dir", str(tmp_path / "o"), "--recipe", "fancy"], capsys)
+    assert status == 2
+    assert "Unknown recipe 'fancy'" in err and "'book'" in err and "'quick'" in err
+
+
+def test_missing_data_dir(tmp_path, capsys):
+    status, err = _run_in_process(["--output_dir", str(tmp_path / "o"), "--data_dir", str(tmp_path / "nope")], capsys)
+    assert status == 2 and "does not exist" in err and "dataset-fashion-mnist" in err
+
+
+def test_corrupted_idx_file(tmp_path, capsys):
+    if not HAVE_DATA:
+        pytest.skip("needs Debian's dataset-fashion-mnist")
+    bad = tmp_path / "idx"
+    bad.mkdir()
+    for path in DATA_DIR.glob("*-ubyte.gz"):
+        (bad / path.name).write_bytes(path.read_bytes())
+    labels = bad / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:200])  # truncated download
+    status, err = _run_in_process(["--output_dir", str(tmp_path / "o"), "--data_dir", str(bad)], capsys)
+    assert status == 2 and "t10k-labels" in err
+    assert not (tmp_path / "o" / "model.safetensors").exists()
+
+
+def test_non_empty_output_dir_is_refused(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    status, err = _run_in_process(["--output_dir", str(out)], capsys)
+    assert status == 2 and "not empty" in err and "--overwrite_output_dir" in err
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_push_to_hub_offline_fails_before_training(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    argv = ["--output_dir", str(tmp_path / "o"), "--push_to_hub", "--hub_model_id", "someone/vit-d2l"]
+    start = time.perf_counter()
+    status, err = _run_in_process(argv, capsys)
+    assert status == 2 and "--push_to_hub" in err and "HF_HUB_OFFLINE" in err
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    status, err = _run_in_process(argv, capsys)
+    assert status == 2 and "cannot be reached" in err
+    assert time.perf_counter() - start < 15
+    assert not (tmp_path / "o").exists()
+
+
+def _parquet_dataset(folder: Path, n_train=1500, n_test=300) -> Path:
+    """A tiny dataset with the Hub's schema (Image + ClassLabel with the ten names), real Fashion-MNIST pixels."""
+    from datasets import ClassLabel, Dataset, Features, Image
+
+    from hf_vit_d2l import FASHION_MNIST_LABELS
+    from hf_vit_d2l.data import read_idx
+
+    features = Features({"image": Image(), "label": ClassLabel(names=FASHION_MNIST_LABELS)})
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, stem, count in (("train", "train", n_train), ("test", "t10k", n_test)):
+        images = read_idx(DATA_DIR / f"{stem}-images-idx3-ubyte.gz")[:count]
+        labels = read_idx(DATA_DIR / f"{stem}-labels-idx1-ubyte.gz")[:count]
+        from PIL import Image as PILImage
+
+        rows = {"image": [PILImage.fromarray(a) for a in images], "label": labels.astype(int).tolist()}
+        Dataset.from_dict(rows, features=features).to_parquet(str(folder / f"{split}.parquet"))
+    return folder
+
+
+@needs_data
+def test_label_column_missing(tmp_path, capsys):
+    data = _parquet_dataset(tmp_path / "pq", 64, 32)
+    argv = ["--output_dir", str(tmp_path / "o"), "--dataset_name", str(data), "--label_column_name", "class"]
+    status, err = _run_in_process(argv, capsys)
+    assert status == 2 and "'class'" in err and "--label_column_name" in err and "label" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# End to end
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _assert_remote_code_folder(folder: Path):
+    for name in ("configuration_vit_d2l.py", "modeling_vit_d2l.py", "image_processing_vit_d2l.py"):
+        assert (folder / name).is_file(), f"{name} missing in {folder}"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_vit_d2l.ViTD2LConfig",
+        "AutoModel": "modeling_vit_d2l.ViTD2LModel",
+        "AutoModelForImageClassification": "modeling_vit_d2l.ViTD2LForImageClassification",
+    }
+    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    assert processor["auto_map"]["AutoImageProcessor"].endswith("ViTD2LImageProcessor")
+
+
+_ISOLATED_LOAD = r"""
+import importlib.abc, json, sys
+class Block(importlib.abc.MetaPathFinder):  # even an editable install of the package cannot be imported here
+    def find_spec(self, name, path=None, target=None):
+        if name == "hf_vit_d2l" or name.startswith("hf_vit_d2l."):
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, Block())
+try:
+    import hf_vit_d2l
+    raise SystemExit("hf_vit_d2l must not be importable in this check")
+except ModuleNotFoundError:
+    pass
+import numpy as np, torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
+folder = sys.argv[1]
+model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+assert "hf_vit_d2l" not in sys.modules and type(model).__module__.startswith("transformers_modules"), type(model)
+image = Image.fromarray(np.load(sys.argv[2]))
+with torch.no_grad():
+    logits = model(**processor(image, return_tensors="pt")).logits[0].tolist()
+top = pipeline("image-classification", model=folder, trust_remote_code=True)(image, top_k=1)[0]
+backbone = AutoModel.from_pretrained(folder, trust_remote_code=True)
+print(json.dumps({"logits": logits, "top": top, "backbone": type(backbone).__name__}))
+"""
+
+
+@needs_data
+def test_end_to_end_real_fashion_mnist(tmp_path):
+    """scripts/train.py on 3,000 real training images: files, metrics, checkpoints, remote-code loading."""
+    out = tmp_path / "run"
+    args = [*FAST, "--output_dir", str(out), "--max_train_samples", "3000", "--max_eval_samples", "500"]
+    result = _run_script([*args, "--num_train_epochs", "2", "--report_to", "tensorboard"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "epoch 1.00/2 | train_loss" in log and "epoch 2.00/2 | train_loss" in log  # per-epoch summaries
+
+    results = json.loads((out / "all_results.json").read_text())
+    for key in ("eval_accuracy", "eval_loss", "train_runtime", "train_samples_per_second", "epoch"):
+        assert key in results
+    assert results["epoch"] == 2 and results["eval_samples"] == 500 and results["train_samples"] == 3000
+    # Measured: 0.694 at epoch 2 (seed 42); chance is 0.1.
+    assert results["eval_accuracy"] >= 0.6, results
+    state = json.loads((out / "trainer_state.json").read_text())
+    evals = [e for e in state["log_history"] if "eval_accuracy" in e]
+    assert [e["epoch"] for e in evals][:2] == [1.0, 2.0]
+    assert [e["epoch"] for e in state["log_history"] if "loss" in e] == [1.0, 2.0]
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["recipe"] == "quick" and info["seed"] == 42 and info["num_processes"] == 1
+    assert info["global_batch_size"] == 64 and info["train_samples"] == 3000 and info["eval_samples"] == 500
+    assert "train.py" in info["command"] and info["hardware"] and info["dataset"]
+    assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "training_args.bin").is_file() and list((out / "runs").rglob("events.out.tfevents.*"))
+    assert not (out / CHECKPOINT_STAGING_DIR).exists()
+
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert [p.name for p in checkpoints] == ["checkpoint-47", "checkpoint-94"]  # ceil(3000 / 64) steps per epoch
+    for folder in [out, *checkpoints]:
+        _assert_remote_code_folder(folder)
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):
+        assert (checkpoints[-1] / name).is_file()
+    final = load_file(out / "model.safetensors")
+    last = load_file(checkpoints[-1] / "model.safetensors")
+    assert all(torch.equal(final[k], last[k]) for k in final)
+
+    # The folder loads through remote code in a process where hf_vit_d2l cannot be imported.
+    from hf_vit_d2l import ViTD2LForImageClassification, ViTD2LImageProcessor
+    from hf_vit_d2l.data import read_idx
+
+    image = read_idx(DATA_DIR / "t10k-images-idx3-ubyte.gz")[0]
+    np.save(tmp_path / "image.npy", image)
+    loaded = subprocess.run(
+        [sys.executable, "-I", "-c", _ISOLATED_LOAD, str(out), str(tmp_path / "image.npy")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=180,
+        env={**_env(HF_MODULES_CACHE=str(tmp_path / "modules")), "PYTHONPATH": ""},
+    )  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    remote = json.loads(loaded.stdout.strip().splitlines()[-1])
+    model = ViTD2LForImageClassification.from_pretrained(out).eval()
+    processor = ViTD2LImageProcessor.from_pretrained(out)
+    from PIL import Image
+
+    with torch.no_grad():
+        expected = model(**processor(Image.fromarray(image), return_tensors="pt")).logits[0]
+    torch.testing.assert_close(torch.tensor(remote["logits"]), expected, atol=1e-5, rtol=1e-5)
+    assert remote["top"]["label"] == model.config.id2label[int(expected.argmax())]
+    assert remote["backbone"] == "ViTD2LModel"
+
+
+@needs_data
+def test_hub_schema_parquet_dataset(tmp_path):
+    """--dataset_name <folder of train/test parquet files with the Hub's schema>, loaded by load_dataset."""
+    data = _parquet_dataset(tmp_path / "pq")
+    out = tmp_path / "run"
+    argv = [a for a in FAST if a not in ("--data_dir", str(DATA_DIR))]
+    argv += ["--output_dir", str(out), "--dataset_name", str(data), "--num_train_epochs", "2"]
+    trainer, metrics = training.train(argv)
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["train_samples"] == 1500 and info["eval_samples"] == 300 and info["dataset"] == str(data)
+    assert trainer.model.config.id2label[0] == "T - shirt / top"  # names from the parquet ClassLabel
+    print("parquet eval_accuracy", metrics["eval_accuracy"])
+    assert metrics["eval_accuracy"] >= 0.5, metrics  # chance is 0.1
+
+
+_DDP_WRAPPER = r"""
+import json, os, sys, torch
+from hf_vit_d2l import training
+trainer, metrics = training.train(sys.argv[1:])
+rank = trainer.args.process_index
+dump = os.environ["DDP_DUMP"]
+state = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+torch.save(state, os.path.join(dump, f"rank{rank}.pt"))
+with open(os.path.join(dump, f"rank{rank}.json"), "w") as f:
+    json.dump({"world_size": trainer.args.world_size, "backend": str(torch.distributed.get_backend()),
+               "per_device": trainer.args.per_device_train_batch_size, "metrics": metrics}, f)
+"""
+
+
+@needs_data
+def test_cpu_ddp_two_processes(tmp_path):
+    """accelerate launch --multi_gpu --num_processes 2 ... --use_cpu: gloo DDP, identical weights, one saved model."""
+    wrapper = tmp_path / "ddp_train.py"
+    wrapper.write_text(_DDP_WRAPPER)
+    out, dump = tmp_path / "run", tmp_path / "dump"
+    dump.mkdir()
+    argv = [a for a in FAST if a not in ("--per_device_train_batch_size", "64")]
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "configs/accelerate_cpu_ddp.yaml"), "--num_processes", "2",
+        "--num_cpu_threads_per_process", "1", "--main_process_port", "29533",
+        str(wrapper), *argv, "--use_cpu", "--output_dir", str(out), "--max_train_samples", "512",
+        "--max_eval_samples", "128", "--num_train_epochs", "1",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, env=_env(DDP_DUMP=str(dump)), capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    infos = [json.loads((dump / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [i["world_size"] for i in infos] == [2, 2] and infos[0]["backend"] == "gloo"
+    assert [i["per_device"] for i in infos] == [64, 64]  # the book's global batch 128 split over 2 processes
+    rank0, rank1 = (torch.load(dump / f"rank{r}.pt") for r in (0, 1))
+    assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    saved = load_file(out / "model.safetensors")
+    assert all(torch.equal(saved[k], rank0[k]) for k in saved)
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]  # 512 / 128 steps, one folder
+    assert json.loads((out / "run_info.json").read_text())["num_processes"] == 2
+
+
+@pytest.mark.slow  # three training processes: ~60 s on an idle 2-core machine, 140 s measured under load
+@needs_data
+def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
+    """A run killed after its first epoch checkpoint and resumed ends with the same weights and metrics."""
+    common = [
+        *fast_args(TINY + ",embedding_dropout_prob=0.1,block_dropout_prob=0.1"), "--max_train_samples", "1024",
+        "--max_eval_samples", "256", "--num_train_epochs", "4", "--full_determinism", "true",
+        "--augmentation", "improved",
+    ]  # fmt: skip
+    straight = tmp_path / "straight"
+    result = _run_script([*common, "--output_dir", str(straight)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, str(TRAIN_SCRIPT), *common, "--output_dir", str(killed)],
+        cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 240
+    while not (killed / "checkpoint-16").is_dir() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert (killed / "checkpoint-16").is_dir() and not (killed / "all_results.json").exists()
+    assert not (killed / "checkpoint-64").exists()
+
+    resumed = _run_script([*common, "--output_dir", str(killed)], cwd=tmp_path)  # auto-detects the checkpoint
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stdout + resumed.stderr
+    a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra = json.loads((straight / "all_results.json").read_text())
+    rb = json.loads((killed / "all_results.json").read_text())
+    assert ra["eval_accuracy"] == rb["eval_accuracy"] and ra["eval_loss"] == rb["eval_loss"]
+    history = [e for e in json.loads((killed / "trainer_state.json").read_text())["log_history"] if "eval_loss" in e]
+    straight_history = [
+        e for e in json.loads((straight / "trainer_state.json").read_text())["log_history"] if "eval_loss" in e
+    ]
+    assert [e["eval_loss"] for e in history] == [e["eval_loss"] for e in straight_history]
