@@ -1137,6 +1137,10 @@ def evaluate_saved_model(eval_args: EvaluateArguments, data_args: DataArguments)
     """
     from .plotting import plot_confusion_matrix
 
+    path = eval_args.model_name_or_path
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
+    if looks_local and not os.path.isdir(path):
+        raise TrainingSetupError(f"--model_name_or_path {path}: no such folder.")
     output_dir = eval_args.output_dir
     if output_dir is None:
         if not os.path.isdir(eval_args.model_name_or_path):
@@ -1146,10 +1150,6 @@ def evaluate_saved_model(eval_args: EvaluateArguments, data_args: DataArguments)
         output_dir = eval_args.model_name_or_path
     if eval_args.batch_size < 1:
         raise TrainingSetupError(f"--batch_size must be >= 1, got {eval_args.batch_size}.")
-    path = eval_args.model_name_or_path
-    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
-    if looks_local and not os.path.isdir(path):
-        raise TrainingSetupError(f"--model_name_or_path {path}: no such folder.")
     try:
         model = AutoModelForImageClassification.from_pretrained(path, trust_remote_code=eval_args.trust_remote_code)
         processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=eval_args.trust_remote_code)
