@@ -60,7 +60,6 @@ def test_benchmark_quick_subset(tmp_path):
     assert row["vs_transformers"] == pytest.approx(row["img_per_s"] / result["train"]["transformers_vit"]["img_per_s"])
 
 
-@pytest.mark.slow  # ~25 s on a quiet 2-core CPU, ~60 s when it is shared
 @pytest.mark.skipif(not HAVE_DATA, reason="needs the Debian dataset-fashion-mnist files")
 def test_benchmark_script_writes_complete_json(tmp_path):
     benchmark_script = _load_script()

@@ -409,7 +409,7 @@ def test_cpu_ddp_two_processes(tmp_path):
     assert json.loads((out / "run_info.json").read_text())["num_processes"] == 2
 
 
-@pytest.mark.slow  # three training processes: ~60 s on an idle 2-core machine, 140 s measured under load
+# three training processes: 25 s on an idle 2-core machine, 140 s measured under load
 @needs_data
 def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
     """A run killed after its first epoch checkpoint and resumed ends with the same weights and metrics."""
