@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Benchmark this model against stock transformers' ViT and the book's module, plus data, Trainer and bf16 paths.
+"""
+
+Benchmark this model against stock transformers' ViT and the book's module, plus data, Trainer and bf16 paths.
 
 One process, one run; prints a Markdown table and writes JSON. The README's "Performance" table came from:
 
@@ -15,8 +17,15 @@ Other uses:
 The benchmark runs in one process and does not use `accelerate launch` (it times a single device).
 """
 
-import json
 import sys
+from pathlib import Path
+
+try:
+    import hf_vit_d2l  # noqa: F401
+except ImportError:  # run from a clone without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import json
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser

@@ -17,6 +17,13 @@ The file is read with `torch.load(weights_only=True)`: pickled modules are refus
 """
 
 import sys
+from pathlib import Path
+
+try:
+    import hf_vit_d2l  # noqa: F401
+except ImportError:  # run from a clone without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
