@@ -286,6 +286,14 @@ def push_to_hub(
     if stock_vit_repo_id is not None and (stock_vit_repo_id.count("/") != 1 or stock_vit_repo_id == repo_id):
         raise HubPushError(f"--also_stock_vit_repo must be a second USER/NAME repository, got {stock_vit_repo_id!r}.")
     _fail_if_incomplete(folder)
+    if stock_vit_repo_id is not None:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
+            pooling = json.load(handle).get("pooling", "cls")
+        if pooling != "cls":
+            raise HubPushError(
+                f"--also_stock_vit_repo: this model uses pooling={pooling!r}, which stock transformers ViT cannot "
+                "express (it classifies the <cls> token only). Drop --also_stock_vit_repo for this model."
+            )
     token = None if dry_run_dir is not None else check_hub_ready()
 
     out_of_domain = None

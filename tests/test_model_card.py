@@ -551,3 +551,16 @@ def test_dry_run_with_stock_vit_export(run_folder, tmp_path):
     out = pipeline("image-classification", model=stock_dir)(colour, top_k=10)
     by_label = {o["label"]: o["score"] for o in out}
     assert [by_label[name] for name in FASHION_MNIST_LABELS] == pytest.approx(reference.tolist(), abs=2e-4)
+
+
+def test_stock_export_of_a_mean_pooling_model_is_refused_before_any_work(run_folder, tmp_path):
+    from hf_vit_d2l.hub import push_to_hub
+
+    folder = tmp_path / "mean"
+    shutil.copytree(run_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["pooling"] = "mean"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(HubPushError, match="pooling='mean'.*Drop --also_stock_vit_repo"):
+        push_to_hub(folder, "u/m", stock_vit_repo_id="u/m-stock", dry_run_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out-stock-vit").exists()
