@@ -367,10 +367,24 @@ def parse_args(
     for key, value in recipe.training.items():
         if key not in explicit:
             defaults += [f"--{key}", *_to_cli(value)]
-    model_args, data_args, recipe_args, training_args = parser.parse_args_into_dataclasses(
-        args=defaults + argv, look_for_args_file=False
-    )
+    if explicit & {"bf16", "fp16"} and "use_cpu" not in explicit and not _has_accelerator():
+        # TrainingArguments refuses bf16 without a GPU unless use_cpu is set; plain PyTorch autocasts on a CPU.
+        precision = "bf16" if "bf16" in explicit else "fp16"
+        logger.info("No GPU found: training on the CPU (--use_cpu true) with %s.", precision)
+        defaults += ["--use_cpu", "true"]
+    try:
+        model_args, data_args, recipe_args, training_args = parser.parse_args_into_dataclasses(
+            args=defaults + argv, look_for_args_file=False
+        )
+    except ValueError as err:  # TrainingArguments' own checks (__post_init__)
+        raise TrainingSetupError(f"Invalid training arguments: {err}") from None
     return model_args, data_args, recipe_args, training_args, recipe, explicit
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
 def apply_batch_policy(training_args: TrainingArguments, recipe: Recipe, explicit: set[str]) -> int:

@@ -592,3 +592,13 @@ def test_bf16_master_weights_without_fast_path_and_bad_combinations(tmp_path, ca
     code = training.run(_fast_path_argv(tmp_path / "fp16", "--bf16_master_weights", "--fp16", "--max_steps", "1"))
     assert code == 2 and "--bf16_master_weights trains in bf16; drop --fp16" in capsys.readouterr().err
     assert not (tmp_path / "fp16").exists()  # refused before any data or training
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
+def test_bf16_without_a_gpu_trains_on_the_cpu_and_bad_training_args_are_clear(tmp_path, capsys):
+    from hf_vit_d2l.training import parse_args
+
+    training_args = parse_args(["--output_dir", str(tmp_path / "o"), "--bf16"])[3]
+    assert training_args.bf16 and training_args.use_cpu  # transformers alone raises "doesn't support bf16/gpu"
+    status, err = _run_in_process(["--output_dir", str(tmp_path / "o"), "--bf16", "--fp16"], capsys)
+    assert status == 2 and err.startswith("error: Invalid training arguments:"), err
