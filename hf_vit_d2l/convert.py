@@ -25,6 +25,7 @@ from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 from .configuration_vit_d2l import FASHION_MNIST_LABELS, ViTD2LConfig
 from .image_processing_vit_d2l import ViTD2LImageProcessor
 from .modeling_vit_d2l import ViTD2LForImageClassification, ViTD2LModel
+from .presets import parse_config_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -571,33 +572,6 @@ def convert_d2l_checkpoint(
     else:
         logger.warning("No image processor saved: it supports 1 or 3 channels, the model has %d.", config.num_channels)
     return os.path.abspath(os.fspath(output_dir))
-
-
-def parse_config_overrides(text: str | None) -> dict:
-    """`"num_heads=4,emb_dropout=0.2,use_bias=true"` -> `{"num_heads": 4, "emb_dropout": 0.2, "use_bias": True}`."""
-    overrides = {}
-    if not text:
-        return overrides
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if "=" not in item:
-            raise ValueError(f"--config_overrides entries must look like key=value, got {item!r} (in {text!r}).")
-        key, raw = (part.strip() for part in item.split("=", 1))
-        lowered = raw.lower()
-        if lowered in ("true", "false"):
-            value = lowered == "true"
-        else:
-            try:
-                value = int(raw)
-            except ValueError:
-                try:
-                    value = float(raw)
-                except ValueError:
-                    value = raw
-        overrides[key] = value
-    return overrides
 
 
 __all__ = [

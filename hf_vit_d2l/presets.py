@@ -1,5 +1,7 @@
 """Named model presets, in timm's spirit: one name instead of numbers scattered over scripts."""
 
+from typing import Any
+
 from .configuration_vit_d2l import ViTD2LConfig
 
 PRESETS: dict[str, dict] = {
@@ -24,3 +26,56 @@ def get_preset(name: str, **overrides) -> ViTD2LConfig:
     if name not in PRESETS:
         raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
     return ViTD2LConfig(**{**PRESETS[name], **overrides})
+
+
+def _config_field_types() -> dict[str, type]:
+    defaults = ViTD2LConfig()
+    types = {}
+    for name in ViTD2LConfig.__init__.__code__.co_varnames:
+        if name in ("self", "kwargs") or not hasattr(defaults, name):
+            continue
+        types[name] = type(getattr(defaults, name))
+    for alias, canonical in ViTD2LConfig.attribute_map.items():
+        if canonical in types:
+            types[alias] = types[canonical]
+    types["num_labels"] = types["num_classes"] = int
+    return types
+
+
+def parse_config_overrides(text: str | None) -> dict[str, Any]:
+    """'hidden_size=64,num_blks=1,pooling=mean' -> {'hidden_size': 64, ...}, typed after `ViTD2LConfig`'s fields.
+
+    Book and HF names are both accepted; an unknown field, a value of the wrong type or an item that is not
+    key=value raises a `ValueError` saying which.
+    """
+    if not text:
+        return {}
+    types = _config_field_types()
+    overrides = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            raise ValueError(f"--config_overrides: {item!r} is not key=value (example: 'hidden_size=64').")
+        key, raw = (part.strip() for part in item.split("=", 1))
+        if key not in types:
+            raise ValueError(
+                f"--config_overrides: unknown config field {key!r}. Known fields: {', '.join(sorted(types))}."
+            )
+        kind = types[key]
+        try:
+            if kind is bool:
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                value = raw.lower() in ("true", "1")
+            elif kind is int:
+                value = int(raw)
+            elif kind is float:
+                value = float(raw)
+            else:
+                value = raw
+        except ValueError:
+            raise ValueError(f"--config_overrides: {key}={raw!r} is not a valid {kind.__name__}.") from None
+        overrides[key] = value
+    return overrides

@@ -61,6 +61,7 @@ from transformers import (
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from . import presets
 from .configuration_vit_d2l import ViTD2LConfig
 from .image_processing_vit_d2l import ViTD2LImageProcessor
 from .modeling_vit_d2l import ViTD2LForImageClassification
@@ -859,53 +860,12 @@ class EpochSummaryCallback(TrainerCallback):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _config_field_types() -> dict[str, type]:
-    defaults = ViTD2LConfig()
-    types = {}
-    for name in ViTD2LConfig.__init__.__code__.co_varnames:
-        if name in ("self", "kwargs") or not hasattr(defaults, name):
-            continue
-        types[name] = type(getattr(defaults, name))
-    for alias, canonical in ViTD2LConfig.attribute_map.items():
-        if canonical in types:
-            types[alias] = types[canonical]
-    types["num_labels"] = types["num_classes"] = int
-    return types
-
-
 def parse_config_overrides(text: str | None) -> dict[str, Any]:
-    """'hidden_size=64,num_hidden_layers=1,pooling=mean' -> {'hidden_size': 64, ...}, typed after the config."""
-    if not text:
-        return {}
-    types = _config_field_types()
-    overrides = {}
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if "=" not in item:
-            raise TrainingSetupError(f"--config_overrides: {item!r} is not key=value (example: 'hidden_size=64').")
-        key, raw = (part.strip() for part in item.split("=", 1))
-        if key not in types:
-            raise TrainingSetupError(
-                f"--config_overrides: unknown config field {key!r}. Known fields: {', '.join(sorted(types))}."
-            )
-        kind = types[key]
-        try:
-            if kind is bool:
-                if raw.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError
-                value = raw.lower() in ("true", "1")
-            elif kind is int:
-                value = int(raw)
-            elif kind is float:
-                value = float(raw)
-            else:
-                value = raw
-        except ValueError:
-            raise TrainingSetupError(f"--config_overrides: {key}={raw!r} is not a valid {kind.__name__}.") from None
-        overrides[key] = value
-    return overrides
+    """`hf_vit_d2l.presets.parse_config_overrides`, with its errors as `TrainingSetupError`s."""
+    try:
+        return presets.parse_config_overrides(text)
+    except ValueError as err:
+        raise TrainingSetupError(str(err)) from None
 
 
 def build_model(
