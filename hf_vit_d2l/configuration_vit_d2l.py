@@ -21,6 +21,8 @@ book (d2l ``ViT``)  canonical                        note
 =================  ===============================  ==========================================================
 """
 
+import inspect
+
 from transformers import PretrainedConfig
 
 # The names of the Hub dataset's ClassLabel feature (zalando-datasets/fashion_mnist), spaces included.
@@ -122,15 +124,11 @@ class ViTD2LConfig(PretrainedConfig):
             "block_dropout_prob": block_dropout_prob,
             "qkv_bias": qkv_bias,
         }
+        # The signature's own defaults: an alias only clashes with a canonical value the caller actually changed.
         defaults = {
-            "image_size": 96,
-            "hidden_size": 512,
-            "intermediate_size": 2048,
-            "num_attention_heads": 8,
-            "num_hidden_layers": 2,
-            "embedding_dropout_prob": 0.1,
-            "block_dropout_prob": 0.1,
-            "qkv_bias": False,
+            name: parameter.default
+            for name, parameter in inspect.signature(ViTD2LConfig.__init__).parameters.items()
+            if name in given
         }
         for alias, canonical in self.attribute_map.items():
             if alias not in kwargs:
