@@ -902,9 +902,12 @@ class ImageClassificationCollator:
             return (0.0 - mean) / std
         return 0.0
 
-    def augment_batch(self, x: torch.Tensor) -> torch.Tensor:
-        """Random crop with padding, horizontal flip, random erasing on a (B, C, H, W) float batch."""
-        g = self._rng()
+    def augment_batch(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Random crop with padding, horizontal flip, random erasing on a (B, C, H, W) float batch.
+
+        ``generator``: draw from this generator instead of the collator's own (seeded) one.
+        """
+        g = generator if generator is not None else self._rng()
         batch, _, height, width = x.shape
         pad = self.crop_padding if self.crop_padding is not None else round(4 * height / 28)
         if pad > 0:

@@ -164,6 +164,8 @@ def get_test_accuracy(run: dict[str, Any]) -> tuple[float, int | None, str] | No
     """(accuracy, samples, source file) of the test evaluation, preferring `eval_results.json`; None if absent."""
     if run["eval_results"] and run["eval_results"].get("accuracy") is not None:
         return run["eval_results"]["accuracy"], run["eval_results"].get("num_samples"), "eval_results.json"
+    if (run["run_info"] or {}).get("eval_split") == "validation":
+        return None  # the run evaluated on held-out training images: only scripts/evaluate.py's result is a test one
     if run["all_results"] and run["all_results"].get("eval_accuracy") is not None:
         samples = (run["run_info"] or {}).get("eval_samples") or (run["all_results"] or {}).get("eval_samples")
         return run["all_results"]["eval_accuracy"], samples, "all_results.json"

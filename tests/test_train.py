@@ -100,7 +100,7 @@ def test_quick_recipe_config_and_image_size_follow(tmp_path):
         ["--output_dir", str(tmp_path), "--recipe", "quick", "--config_overrides", "hidden_size=48,num_heads=3"]
     )
     model, config = training.build_model(model_args, recipe, [str(i) for i in range(10)])
-    assert (config.image_size, config.patch_size, config.hidden_size, config.num_attention_heads) == (28, 4, 48, 3)
+    assert (config.image_size, config.patch_size, config.hidden_size, config.num_attention_heads) == (28, 7, 48, 3)
     processor = training.build_image_processor(model_args, config, recipe)
     assert processor.size == {"height": 28, "width": 28} and processor.do_normalize
     assert processor.image_mean == [pytest.approx(0.286)] and processor.image_std == [pytest.approx(0.353)]
@@ -602,3 +602,60 @@ def test_bf16_without_a_gpu_trains_on_the_cpu_and_bad_training_args_are_clear(tm
     assert training_args.bf16 and training_args.use_cpu  # transformers alone raises "doesn't support bf16/gpu"
     status, err = _run_in_process(["--output_dir", str(tmp_path / "o"), "--bf16", "--fp16"], capsys)
     assert status == 2 and err.startswith("error: Invalid training arguments:"), err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hold-out validation split (hyper-parameter search without the test set)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@needs_data
+def test_validation_size_evaluates_on_held_out_training_images():
+    from datasets import Image
+
+    def load(size):
+        data_args = training.DataArguments(data_dir=str(DATA_DIR), data_source="local", validation_size=size)
+        return training.load_data(data_args, training.ModelArguments(), seed=0)
+
+    train, validation, names, description = load(5000)
+    assert (len(train), len(validation), len(names)) == (55000, 5000, 10)
+    assert np.bincount(validation["label"], minlength=10).tolist() == [500] * 10  # stratified
+    assert "5000 held-out training images" in description
+
+    def png_bytes(dataset):
+        return {row["bytes"] for row in dataset.cast_column("image", Image(decode=False))["image"]}
+
+    _, test, _, _ = training.load_data(
+        training.DataArguments(data_dir=str(DATA_DIR), data_source="local"), training.ModelArguments(), seed=0
+    )
+    held_out, rest = png_bytes(validation), png_bytes(train)
+    # Validation images come from train (the 10,000 test images stay unseen) and are not trained on.
+    assert len(held_out & png_bytes(test)) < 5 and not held_out & rest - png_bytes(test)
+    again_train, again_validation, _, _ = load(0.1)  # a fraction; the same seed -> the same images every run
+    assert len(again_validation) == 6000 and len(again_train) == 54000
+    assert load(5000)[1]["label"] == validation["label"]
+    for bad in (0, -3, 60000, 2.5):
+        with pytest.raises(TrainingSetupError, match="--validation_size") as error:
+            load(bad)
+        assert ("has 60000 images" in str(error.value)) == (bad == 60000)  # the bad values fail before loading
+
+
+def test_model_card_does_not_report_validation_accuracy_as_test_accuracy():
+    from hf_vit_d2l.model_card import get_test_accuracy
+
+    run = {"eval_results": None, "all_results": {"eval_accuracy": 0.9}, "run_info": {"eval_split": "validation"}}
+    assert get_test_accuracy(run) is None
+    run["run_info"]["eval_split"] = "test"
+    assert get_test_accuracy(run)[0] == 0.9
+    run["eval_results"] = {"accuracy": 0.88, "num_samples": 10000}  # scripts/evaluate.py's test-split result wins
+    run["run_info"]["eval_split"] = "validation"
+    assert get_test_accuracy(run) == (0.88, 10000, "eval_results.json")
+
+
+def test_crop_padding_flag(tmp_path):
+    with pytest.raises(TrainingSetupError, match="--crop_padding must be >= 0"):
+        training.train(["--recipe", "quick", "--crop_padding", "-1", "--output_dir", str(tmp_path / "r")])
+    _, data_args, _, _, recipe, _ = parse_args(["--recipe", "quick", "--output_dir", str(tmp_path)])
+    assert data_args.crop_padding is None and recipe.crop_padding == 0  # quick: flips only
+    _, data_args, _, _, _, _ = parse_args(["--recipe", "quick", "--crop_padding", "4", "--output_dir", str(tmp_path)])
+    assert data_args.crop_padding == 4
