@@ -724,8 +724,15 @@ def load_image_classification_dataset(
     return DatasetDict({"train": dataset["train"], "test": dataset["test"]})
 
 
+# Fixed, so every tuning run (scripts/train.py --validation_size, scripts/sweep.py) holds out the same images.
+VALIDATION_SEED = 42
+
+
 def train_validation_split(
-    dataset: Dataset | DatasetDict, validation_size: int | float = 5000, seed: int = 42, stratify: bool = True
+    dataset: Dataset | DatasetDict,
+    validation_size: int | float = 5000,
+    seed: int = VALIDATION_SEED,
+    stratify: bool = True,
 ) -> DatasetDict:
     """Split a training set into ``train`` and ``validation`` (for hyper-parameter search without the test set).
 
@@ -1111,6 +1118,7 @@ if __name__ == "__main__":
     sys.exit(main())
 
 __all__ = [
+    "VALIDATION_SEED",
     "AUGMENTATIONS",
     "DEFAULT_DATA_DIR",
     "FASHION_MNIST_MEAN",

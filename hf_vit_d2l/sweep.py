@@ -8,8 +8,9 @@ normalised (Fashion-MNIST mean/std) per batch, `ImageClassificationCollator.augm
 horizontal flip), AdamW with linear warm-up + cosine decay per step, label smoothing, gradient clipping at 1.0.
 Differences from `scripts/train.py --recipe quick --validation_size 5000`: weight decay skips every 1-d parameter,
 the position embedding and `<cls>` (the Trainer decays the last two), the shuffling and augmentation draw from one
-generator seeded 1, the model is initialised under `torch.manual_seed(0)`, and nothing is saved. It runs about 20%
-faster than the Trainer for the quick config on a 2-core CPU (no per-epoch test evaluation, no checkpoints).
+generator seeded 1, the model is initialised under `torch.manual_seed(0)`, and nothing is saved. On the 2-core CPU
+12 epochs of the quick model took 371 s here against 464.3 s through the Trainer (`--validation_size 5000`, drop path
+0 there, 0.1 here): no checkpoints and no PNG decoding.
 
     python -m hf_vit_d2l.sweep --num_train_epochs 5 --config_overrides patch_size=7,hidden_size=128
 """
@@ -66,7 +67,7 @@ def load_split(validation_size: int = 5000, data_dir: str | None = None):
         {"label": labels.tolist(), "i": list(range(len(labels)))},
         features=Features({"label": ClassLabel(num_classes=10), "i": Value("int64")}),
     )
-    parts = D.train_validation_split(index, validation_size=validation_size, seed=42)
+    parts = D.train_validation_split(index, validation_size=validation_size, seed=D.VALIDATION_SEED)
     x, y = torch.from_numpy(np.array(images)), torch.from_numpy(np.array(labels)).long()
     train, validation = np.array(parts["train"]["i"]), np.array(parts["validation"]["i"])
     return (x[train], y[train]), (x[validation], y[validation])
