@@ -422,6 +422,34 @@ def test_tensor_backend_is_exact_without_resize(examples):
     assert torch.equal(D.ImageClassificationCollator(processor, backend="tensor")(examples)["pixel_values"], pil)
 
 
+@pytest.mark.parametrize("backend", ["pil", "tensor"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"size": {"height": 28, "width": 28}, "do_normalize": True}, {"size": {"height": 20, "width": 20}}],
+)
+def test_preloaded_rows_give_the_same_batches(tiny_parquet_dataset, backend, kwargs):
+    dataset = load_dataset("parquet", data_files={"train": tiny_parquet_dataset["train"]})["train"].select(range(64))
+    preloaded = D.PreloadedImageDataset(dataset)
+    assert len(preloaded) == 64 and preloaded.images.shape == (64, 28, 28) and preloaded.images.dtype == np.uint8
+    rows = preloaded.__getitems__(list(range(64)))
+    assert np.array_equal(rows[5]["image"], np.asarray(dataset[5]["image"]))
+    assert rows[5]["label"] == dataset[5]["label"]
+    collator = D.ImageClassificationCollator(ViTD2LImageProcessor(**kwargs), backend=backend)
+    expected = collator([dataset[i] for i in range(64)])
+    batch = collator(rows)
+    assert torch.equal(batch["pixel_values"], expected["pixel_values"])
+    assert torch.equal(batch["labels"], expected["labels"])
+
+
+def test_preload_refuses_mixed_sizes_with_the_flag_to_change():
+    images = [PILImage.new("L", (28, 28)), PILImage.new("L", (32, 32))]
+    dataset = Dataset.from_dict({"image": images, "label": [0, 1]}).cast_column("image", Image())
+    with pytest.raises(ValueError, match="differ in size or mode.*--preload_images false"):
+        D.PreloadedImageDataset(dataset)
+    with pytest.raises(ValueError, match="no 'target' column"):
+        D.PreloadedImageDataset(dataset, label_column="target")
+
+
 def test_collator_errors(examples):
     processor = ViTD2LImageProcessor()
     with pytest.raises(ValueError, match="remove_unused_columns=False"):
@@ -491,3 +519,16 @@ def test_measure_pipeline_throughput(tiny_parquet_dataset, backend):
     assert result["backend"] == backend and result["images_per_second"] == result["img_per_s"]
     collator = D.ImageClassificationCollator(processor, backend=backend)
     assert D.measure_pipeline_throughput(dataset, collator, batch_size=32, num_batches=2)["images"] == 64
+
+
+def test_too_small_for_a_stratified_hold_out_says_what_to_do():
+    images = [PILImage.new("L", (28, 28), color=i) for i in range(4)]
+    features = {"image": Image(), "label": ClassLabel(names=["a", "b"])}
+    from datasets import Features
+
+    dataset = Dataset.from_dict({"image": images, "label": [0, 1, 0, 1]}, features=Features(features))
+    with pytest.raises(ValueError, match=r"Cannot hold out 0.15 of 4 training images stratified over 2 classes.*"
+                       r"--validation_dir"):  # fmt: skip
+        D.train_validation_split(dataset, validation_size=0.15)
+    parts = D.train_validation_split(dataset, validation_size=2)
+    assert sorted(parts["validation"]["label"]) == [0, 1] and len(parts["train"]) == 2

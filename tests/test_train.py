@@ -659,3 +659,41 @@ def test_crop_padding_flag(tmp_path):
     assert data_args.crop_padding is None and recipe.crop_padding == 0  # quick: flips only
     _, data_args, _, _, _, _ = parse_args(["--recipe", "quick", "--crop_padding", "4", "--output_dir", str(tmp_path)])
     assert data_args.crop_padding == 4
+
+
+@needs_data
+def test_preloaded_images_train_and_evaluate_exactly_as_the_dataset_rows(tmp_path):
+    """--preload_images (the quick recipe's default) changes the speed only: the same weights and metrics."""
+    common = [*FAST, "--max_train_samples", "640", "--max_eval_samples", "300", "--num_train_epochs", "1"]
+    common += ["--augmentation", "improved", "--save_strategy", "no", "--eval_strategy", "no"]  # flips draw the RNG
+    runs = {}
+    for preload in ("true", "false"):
+        out = tmp_path / preload
+        trainer, metrics = training.train([*common, "--preload_images", preload, "--output_dir", str(out)])
+        info = json.loads((out / "run_info.json").read_text())
+        assert info["preload_images"] == (preload == "true")
+        # 28 px images, 28 px model: no resize, so evaluation takes the tensor path only when preloaded.
+        assert info["eval_preprocessing_backend"] == ("tensor" if preload == "true" else "pil")
+        runs[preload] = (load_file(out / "model.safetensors"), metrics)
+    (weights, metrics), (weights_ref, metrics_ref) = runs["true"], runs["false"]
+    assert weights.keys() == weights_ref.keys() and all(torch.equal(weights[k], weights_ref[k]) for k in weights)
+    for key in ("eval_accuracy", "eval_loss", "train_loss"):
+        assert metrics[key] == metrics_ref[key], key
+
+
+def test_preload_images_defaults_and_mixed_size_error(tmp_path, capsys):
+    for name, expected in (("quick", True), ("book", False), ("improved", False)):
+        assert RECIPES[name].preload_images is expected
+    _, data_args, _, _, _, _ = parse_args(["--preload_images", "false", "--output_dir", str(tmp_path)])
+    assert data_args.preload_images is False
+    from PIL import Image
+
+    for i in range(8):  # an image folder with one odd size
+        folder = tmp_path / "images" / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        size = 32 if i == 3 else 28
+        Image.new("L", (size, size), color=i * 30).save(folder / f"{i}.png")
+    images = str(tmp_path / "images")
+    argv = [*FAST, "--train_dir", images, "--validation_dir", images, "--output_dir", str(tmp_path / "o")]
+    status, err = _run_in_process(argv, capsys)
+    assert status == 2 and "differ in size or mode" in err and "--preload_images false" in err, err
