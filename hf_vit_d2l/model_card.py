@@ -319,6 +319,18 @@ _HYPERPARAMETER_KEYS = (
 )
 
 
+def _suspension_text(run_info: dict[str, Any], all_results: dict[str, Any]) -> str:
+    """Wall-clock time the training process spent stopped (run_info `suspended_seconds`), if any."""
+    suspended = run_info.get("suspended_seconds")
+    runtime = all_results.get("train_runtime")
+    if not suspended or not runtime:
+        return ""
+    return (
+        f" (wall clock; the process was suspended for {_seconds(suspended)} of it, so it trained for "
+        f"{_seconds(runtime - suspended)})"
+    )
+
+
 def _hyperparameters(run: dict[str, Any]) -> dict[str, Any]:
     """Hyperparameters from `run_info.json` (its `hyperparameters`, if any), `training_args.bin` and
     `trainer_state.json`, in that order of precedence."""
@@ -589,7 +601,7 @@ def build_model_card(
         ),
         f"- Training time: {_seconds(all_results.get('train_runtime'))}, "
         f"{_num(all_results.get('train_samples_per_second'), '{:,.1f}')} samples/s, "
-        f"{_num(all_results.get('epoch'), '{:g}')} epochs",
+        f"{_num(all_results.get('epoch'), '{:g}')} epochs" + _suspension_text(run_info, all_results),
     ]
     if run_info.get("command"):
         train += ["", "Command that produced this run:", "", "```bash", str(run_info["command"]), "```"]

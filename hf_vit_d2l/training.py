@@ -42,6 +42,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -842,6 +843,52 @@ def logits_to_predictions(logits, labels):
     return logits.argmax(dim=-1)
 
 
+class SuspensionMonitor(TrainerCallback):
+    """Measures how long the training process was suspended (`kill -STOP`/`-CONT`, Ctrl-Z then `fg`, a laptop's
+    sleep), time that the Trainer's wall-clock `train_runtime` includes although nothing ran.
+
+    A daemon thread wakes every `interval` seconds of `clock` (`time.time`, the Trainer's clock); a wake-up later
+    than `interval + threshold` means the process did not run for that long. A sleeping thread that is merely
+    short of CPU or of the GIL wakes within milliseconds, so busy CPUs do not count as suspension.
+    """
+
+    def __init__(self, interval: float = 1.0, threshold: float = 2.0, clock=time.time):
+        self.interval = interval
+        self.threshold = threshold
+        self.clock = clock
+        self.suspended_seconds = 0.0
+        self.suspensions = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _watch(self) -> None:
+        last = self.clock()
+        while not self._stop.wait(self.interval):
+            now = self.clock()
+            late = now - last - self.interval
+            if late > self.threshold:
+                self.suspended_seconds += late
+                self.suspensions += 1
+            last = now
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="suspension-monitor", daemon=True)
+        self._thread.start()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.suspensions:
+            logger.warning(
+                "The training process was suspended %d time(s), %.1f s in all (kill -STOP, Ctrl-Z, sleep); "
+                "train_runtime includes that time, run_info.json records it as suspended_seconds.",
+                self.suspensions,
+                self.suspended_seconds,
+            )
+
+
 class EpochSummaryCallback(TrainerCallback):
     """One log line per epoch: train loss, eval loss, eval accuracy, epoch time and throughput."""
 
@@ -1235,6 +1282,7 @@ def train(argv: list[str] | None = None) -> tuple[ViTD2LTrainer, dict[str, float
     }
 
     metric = load_accuracy_metric()
+    suspension_monitor = SuspensionMonitor()
     trainer = ViTD2LTrainer(
         model=model,
         args=training_args,
@@ -1245,7 +1293,7 @@ def train(argv: list[str] | None = None) -> tuple[ViTD2LTrainer, dict[str, float
         processing_class=image_processor,
         compute_metrics=build_compute_metrics(metric),
         preprocess_logits_for_metrics=logits_to_predictions,
-        callbacks=[EpochSummaryCallback(len(train_dataset))],
+        callbacks=[EpochSummaryCallback(len(train_dataset)), suspension_monitor],
         bf16_master_weights=recipe_args.bf16_master_weights,
     )
     if training_args.should_save:
@@ -1269,6 +1317,8 @@ def train(argv: list[str] | None = None) -> tuple[ViTD2LTrainer, dict[str, float
         from .plotting import plot_training_curves
 
         run_info["train_runtime"] = train_metrics.get("train_runtime")
+        # Wall-clock time in train_runtime during which the process was stopped (not running at all).
+        run_info["suspended_seconds"] = round(suspension_monitor.suspended_seconds, 1)
         run_info["eval_accuracy"] = eval_metrics.get("eval_accuracy")
         write_json_atomic(os.path.join(training_args.output_dir, "run_info.json"), run_info)
         plot_training_curves(

@@ -697,3 +697,56 @@ def test_preload_images_defaults_and_mixed_size_error(tmp_path, capsys):
     argv = [*FAST, "--train_dir", images, "--validation_dir", images, "--output_dir", str(tmp_path / "o")]
     status, err = _run_in_process(argv, capsys)
     assert status == 2 and "differ in size or mode" in err and "--preload_images false" in err, err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Suspended training processes (kill -STOP / -CONT, Ctrl-Z, sleep)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_suspension_monitor_counts_only_late_wake_ups():
+    ticks = iter([0.0, 0.01, 0.02, 5.02, 5.03, 5.04, 8.04])  # stopped ~5 s, then ~3 s
+    clock_now = [0.0]
+
+    def clock():
+        clock_now[0] = next(ticks, clock_now[0] + 0.01)
+        return clock_now[0]
+
+    monitor = training.SuspensionMonitor(interval=0.01, threshold=2.0, clock=clock)
+    monitor.on_train_begin(None, None, None)
+    time.sleep(0.3)
+    monitor.on_train_end(None, None, None)
+    assert monitor.suspensions == 2 and monitor.suspended_seconds == pytest.approx(4.99 + 2.99)
+    busy = training.SuspensionMonitor(interval=0.01, threshold=0.5)  # real clock, a busy main thread
+    busy.on_train_begin(None, None, None)
+    end = time.perf_counter() + 0.5
+    while time.perf_counter() < end:
+        sum(range(1000))
+    busy.on_train_end(None, None, None)
+    assert busy.suspensions == 0 and busy.suspended_seconds == 0.0
+
+
+@needs_data
+def test_a_stopped_run_records_its_suspension_and_the_card_says_so(tmp_path):
+    from hf_vit_d2l.model_card import build_model_card
+
+    out = tmp_path / "run"
+    args = [*FAST, "--output_dir", str(out), "--max_train_samples", "3000", "--max_eval_samples", "200"]
+    process = subprocess.Popen(
+        [sys.executable, str(TRAIN_SCRIPT), *args, "--num_train_epochs", "3"],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 240
+    while not (out / "checkpoint-47").is_dir() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGSTOP)
+    time.sleep(4.0)
+    process.send_signal(signal.SIGCONT)
+    log, _ = process.communicate(timeout=240)
+    assert process.returncode == 0, log[-3000:]
+    assert "suspended 1 time(s)" in log
+    info = json.loads((out / "run_info.json").read_text())
+    runtime = json.loads((out / "all_results.json").read_text())["train_runtime"]
+    assert 3.0 <= info["suspended_seconds"] <= 6.0 and runtime > info["suspended_seconds"], info
+    card = build_model_card(out).text
+    assert f"suspended for {info['suspended_seconds']:,.1f} s of it, so it trained for" in card
