@@ -448,6 +448,8 @@ def test_preload_refuses_mixed_sizes_with_the_flag_to_change():
         D.PreloadedImageDataset(dataset)
     with pytest.raises(ValueError, match="no 'target' column"):
         D.PreloadedImageDataset(dataset, label_column="target")
+    with pytest.raises(ValueError, match=r"2 images of \(28, 28\) would take .* GiB.*--preload_images false"):
+        D.PreloadedImageDataset(dataset, max_bytes=1000)
 
 
 def test_collator_errors(examples):
