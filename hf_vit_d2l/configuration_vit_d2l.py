@@ -74,6 +74,10 @@ class ViTD2LConfig(PretrainedConfig):
         initializer_range (`float`, defaults to 0.02): std for `init_style="hf"`.
         drop_path_rate (`float`, defaults to 0.0): stochastic depth on the residual branches (not in the book;
             0 reproduces it).
+        test_time_flip (`bool`, defaults to `False`): in eval mode `ViTD2LForImageClassification` returns the mean
+            of the logits of the image and of its left-right mirror (flip test-time augmentation: two forward
+            passes per image; hidden states and attentions are the unflipped image's). Training is unchanged. Not
+            in the book; the `quick` recipe's model turns it on.
         num_labels / id2label / label2id: defaults to the ten Fashion-MNIST classes. Book: `num_classes`.
         attn_implementation (`str`, optional): `"eager"` (the book's math) or `"sdpa"`.
     """
@@ -110,6 +114,7 @@ class ViTD2LConfig(PretrainedConfig):
         position_embedding_std: float = 1.0,
         initializer_range: float = 0.02,
         drop_path_rate: float = 0.0,
+        test_time_flip: bool = False,
         **kwargs,
     ):
         # Resolve the book's names here (not only through attribute_map) so that validation sees them and a
@@ -162,6 +167,7 @@ class ViTD2LConfig(PretrainedConfig):
         self.position_embedding_std = position_embedding_std
         self.initializer_range = initializer_range
         self.drop_path_rate = drop_path_rate
+        self.test_time_flip = test_time_flip
 
         num_labels = kwargs.pop("num_labels", None)
         if kwargs.get("id2label") is None:
@@ -219,6 +225,8 @@ class ViTD2LConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be a number > 0, got {value!r}.")
         if not isinstance(self.qkv_bias, bool):
             raise ValueError(f"qkv_bias (use_bias) must be True or False, got {self.qkv_bias!r}.")
+        if not isinstance(self.test_time_flip, bool):
+            raise ValueError(f"test_time_flip must be True or False, got {self.test_time_flip!r}.")
         if self.pooling not in POOLING_TYPES:
             raise ValueError(f"pooling={self.pooling!r} is not supported; use one of {POOLING_TYPES}.")
         if self.init_style not in INIT_STYLES:

@@ -369,6 +369,8 @@ def to_transformers_vit(model: ViTD2LForImageClassification | ViTD2LModel) -> Vi
     * **Pooling.** Stock ViT classifies the `<cls>` token only: `pooling="mean"` raises a `ValueError`.
     * **Stochastic depth** (`drop_path_rate`, not in the book) has no stock counterpart; it is identity in eval, so
       the export is exact for inference and silently without it in training (a warning is logged).
+    * **Flip test-time augmentation** (`test_time_flip`, not in the book) has no stock counterpart: the export
+      predicts from one view, as this model with `test_time_flip=False` (a warning is logged).
     * **Initialisation** (`init_style`, `position_embedding_std`) only matters for new models; stock ViT initialises
       with truncated normals of std `initializer_range`.
     """
@@ -385,6 +387,11 @@ def to_transformers_vit(model: ViTD2LForImageClassification | ViTD2LModel) -> Vi
             "drop_path_rate=%s has no counterpart in stock ViT; the export is exact in eval mode but trains without "
             "stochastic depth.",
             config.drop_path_rate,
+        )
+    if getattr(config, "test_time_flip", False) and isinstance(model, ViTD2LForImageClassification):
+        logger.warning(
+            "test_time_flip=True (flip test-time augmentation) has no counterpart in stock ViT; the exported model "
+            "predicts from one view, so its logits are this model's with model.config.test_time_flip = False."
         )
     with_head = isinstance(model, ViTD2LForImageClassification)
     hf_config = _stock_vit_config(config)

@@ -556,6 +556,13 @@ def build_model_card(
             f"Differences from the book's code in this run: pooling `{config.pooling}`, init `{config.init_style}` "
             f"(position embedding std {config.position_embedding_std}), stochastic depth {config.drop_path_rate}.",
         ]
+    if getattr(config, "test_time_flip", False):
+        arch += [
+            "",
+            "Predictions use flip test-time augmentation (`config.test_time_flip=True`, not in the book): in eval "
+            "mode the model returns the mean of the logits of the image and of its left-right mirror, two forward "
+            "passes per image (FLOPs above are for one). Set `model.config.test_time_flip = False` for one pass.",
+        ]
     sections.append("\n".join(arch))
 
     # -- intended use

@@ -401,6 +401,10 @@ class ViTD2LForImageClassification(ViTD2LPreTrainedModel):
             return_dict=True,
         )
         logits = self.classifier(outputs.pooler_output)
+        if self.config.test_time_flip and not self.training:
+            # Flip test-time augmentation: average with the logits of the left-right mirror image.
+            mirrored = self.vit_d2l(pixel_values.flip(-1), return_dict=True).pooler_output
+            logits = (logits + self.classifier(mirrored)) / 2
         loss = None
         if labels is not None:
             if labels.dim() != 1 or labels.shape[0] != logits.shape[0]:

@@ -33,6 +33,7 @@ PRESETS: dict[str, dict] = {
         "position_embedding_std": 0.02,
         "drop_path_rate": 0.1,
         "pooling": "mean",
+        "test_time_flip": True,  # eval: mean of the image's and its mirror's logits (README "Accuracy")
     },
 }
 

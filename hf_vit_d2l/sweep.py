@@ -11,6 +11,10 @@ the position embedding and `<cls>` (the Trainer decays the last two), the shuffl
 generator seeded 1, the model is initialised under `torch.manual_seed(0)`, and nothing is saved. On the 2-core CPU
 12 epochs of the quick model took 371 s here against 464.3 s through the Trainer (`--validation_size 5000`, drop path
 0 there, 0.1 here), before the Trainer preloaded its images too (`--preload_images`, now the quick recipe's default).
+Every epoch prints the validation accuracy of one view and with flip test-time augmentation (the mean of the
+image's and its mirror's logits, `config.test_time_flip`, which the quick model turns on); `validation_accuracy` is
+the configured model's. `--bf16_master_weights` trains as `scripts/train.py --bf16_master_weights` (bf16 weights,
+fp32 AdamW masters, the fast path).
 
     python -m hf_vit_d2l.sweep --num_train_epochs 5 --config_overrides patch_size=7,hidden_size=128
 """
@@ -29,6 +33,7 @@ import torch.nn.functional as F
 
 from . import data as D
 from .configuration_vit_d2l import ViTD2LConfig
+from .fast import apply_fast_path, to_bf16_with_master_weights
 from .image_processing_vit_d2l import ViTD2LImageProcessor
 from .modeling_vit_d2l import ViTD2LForImageClassification
 from .presets import PRESETS, parse_config_overrides
@@ -41,7 +46,7 @@ class SweepArguments:
     """One trial. Defaults are the quick recipe's; `--config_overrides` changes the model (canonical or book names)."""
 
     config_overrides: str | None = field(default=None, metadata={"help": "e.g. 'patch_size=4,hidden_size=64'."})
-    num_train_epochs: float = field(default=14.0, metadata={"help": "Epochs over the 55,000 training images."})
+    num_train_epochs: float = field(default=13.0, metadata={"help": "Epochs over the 55,000 training images."})
     batch_size: int = field(default=128, metadata={"help": "Training batch."})
     learning_rate: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate."})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (matrices only)."})
@@ -53,6 +58,11 @@ class SweepArguments:
     validation_size: int = field(default=5000, metadata={"help": "Held-out training images (seed 42)."})
     data_dir: str | None = field(default=None, metadata={"help": "Folder with the Fashion-MNIST IDX files."})
     json_out: str | None = field(default=None, metadata={"help": "Append the trial's result as one JSON line."})
+    bf16_master_weights: bool = field(
+        default=False,
+        metadata={"help": "bf16 weights, fp32 AdamW masters and the fast path, as train.py --bf16_master_weights."},
+    )
+    num_threads: int | None = field(default=None, metadata={"help": "torch threads (default: torch's choice)."})
 
 
 def load_split(validation_size: int = 5000, data_dir: str | None = None):
@@ -83,6 +93,16 @@ def _scale(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def run_trial(args: SweepArguments, log=print) -> dict:
     """Train one config; return its settings, per-epoch validation accuracy and wall time."""
+    threads = torch.get_num_threads()
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    try:
+        return _run_trial(args, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_trial(args: SweepArguments, log) -> dict:
     torch.manual_seed(0)
     config = ViTD2LConfig(**{**QUICK_CONFIG, **parse_config_overrides(args.config_overrides), "num_labels": 10})
     model = ViTD2LForImageClassification(config)
@@ -97,14 +117,24 @@ def run_trial(args: SweepArguments, log=print) -> dict:
         return param.ndim >= 2 and "position" not in name and "cls" not in name
 
     named = list(model.named_parameters())
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for name, p in named if decays(name, p)], "weight_decay": args.weight_decay},
-            {"params": [p for name, p in named if not decays(name, p)], "weight_decay": 0.0},
-        ],
-        lr=args.learning_rate,
-        betas=(0.9, args.adam_beta2),
-    )
+    decay_flags = [decays(name, p) for name, p in named]
+
+    def adamw(params):  # params in model.parameters() order (the masters, with --bf16_master_weights)
+        return torch.optim.AdamW(
+            [
+                {"params": [p for p, d in zip(params, decay_flags) if d], "weight_decay": args.weight_decay},
+                {"params": [p for p, d in zip(params, decay_flags) if not d], "weight_decay": 0.0},
+            ],
+            lr=args.learning_rate,
+            betas=(0.9, args.adam_beta2),
+        )
+
+    dtype = torch.bfloat16 if args.bf16_master_weights else torch.float32
+    if args.bf16_master_weights:
+        apply_fast_path(model)
+        optimizer = to_bf16_with_master_weights(model, adamw)
+    else:
+        optimizer = adamw([p for _, p in named])
 
     def schedule(step):
         if step < warmup:
@@ -121,17 +151,25 @@ def run_trial(args: SweepArguments, log=print) -> dict:
     generator = torch.Generator().manual_seed(1)
 
     @torch.no_grad()
-    def validate() -> float:
+    def validate() -> tuple[float, float]:
+        """Validation accuracy of one view, and with flip test-time augmentation (`config.test_time_flip`)."""
         model.eval()
-        correct = 0
+        model.config.test_time_flip = False  # both numbers from the same two passes
+        correct = correct_tta = 0
         for i in range(0, len(y_val), 1000):
-            logits = model(pixel_values=_scale(x_val[i : i + 1000], config.image_size)).logits
+            x = _scale(x_val[i : i + 1000], config.image_size).to(dtype)
+            logits = model(pixel_values=x).logits.float()
+            both = logits + model(pixel_values=x.flip(-1)).logits.float()
             correct += (logits.argmax(-1) == y_val[i : i + 1000]).sum().item()
+            correct_tta += (both.argmax(-1) == y_val[i : i + 1000]).sum().item()
+        model.config.test_time_flip = test_time_flip
         model.train()
-        return correct / len(y_val)
+        return correct / len(y_val), correct_tta / len(y_val)
+
+    test_time_flip = config.test_time_flip
 
     log(f"{n_params:,} params, {total} steps, {json.dumps(asdict(args))}")
-    curve, step, start = [], 0, time.perf_counter()
+    curve, curve_single, curve_tta, step, start = [], [], [], 0, time.perf_counter()
     model.train()
     while step < total:
         order = torch.randperm(n, generator=generator)
@@ -140,7 +178,7 @@ def run_trial(args: SweepArguments, log=print) -> dict:
             if step >= total:
                 break
             batch = order[i : i + args.batch_size]
-            x = augmenter.augment_batch(_scale(x_train[batch], config.image_size), generator=generator)
+            x = augmenter.augment_batch(_scale(x_train[batch], config.image_size), generator=generator).to(dtype)
             y = y_train[batch]
             logits = model(pixel_values=x).logits
             loss = F.cross_entropy(logits.float(), y, label_smoothing=args.label_smoothing)
@@ -152,17 +190,23 @@ def run_trial(args: SweepArguments, log=print) -> dict:
             step += 1
             loss_sum += loss.item() * len(y)
             correct += (logits.argmax(-1) == y).sum().item()
-        accuracy = validate()
-        curve.append(accuracy)
+        single, flipped = validate()
+        curve_single.append(single)
+        curve_tta.append(flipped)
+        curve.append(flipped if test_time_flip else single)
         log(
             f"epoch {step / steps_per_epoch:.2f} | {time.perf_counter() - start:.0f} s | train_loss "
-            f"{loss_sum / n:.4f} | train_accuracy {correct / n:.4f} | validation_accuracy {accuracy:.4f}"
+            f"{loss_sum / n:.4f} | train_accuracy {correct / n:.4f} | one view {single:.4f} | flip TTA "
+            f"{flipped:.4f} | validation_accuracy {curve[-1]:.4f}"
         )
     result = {
         **asdict(args),
         "num_parameters": n_params,
         "validation_accuracy": curve[-1],
-        "validation_curve": curve,
+        "test_time_flip": test_time_flip,
+        "validation_curve": curve,  # the model as configured: flip TTA if config.test_time_flip
+        "validation_curve_one_view": curve_single,
+        "validation_curve_flip_tta": curve_tta,
         "seconds": time.perf_counter() - start,
     }
     if args.json_out:

@@ -211,6 +211,20 @@ def test_mean_pooling_cannot_be_exported():
         to_transformers_vit(model)
 
 
+def test_test_time_flip_export_warns_and_matches_one_view(caplog):
+    torch.manual_seed(0)
+    config = ViTD2LConfig(image_size=30, patch_size=3, hidden_size=32, num_attention_heads=4, test_time_flip=True)
+    model = ViTD2LForImageClassification(config).eval()
+    with caplog.at_level("WARNING", logger="hf_vit_d2l.convert"):
+        stock = to_transformers_vit(model)
+    assert "test_time_flip=True (flip test-time augmentation) has no counterpart in stock ViT" in caplog.text
+    with torch.no_grad():
+        two_views = model(images()).logits
+        model.config.test_time_flip = False
+        torch.testing.assert_close(stock(images()).logits, model(images()).logits, atol=1e-5, rtol=0)
+    assert not torch.allclose(two_views, stock(images()).logits, atol=1e-4)
+
+
 def test_exported_folder_loads_without_remote_code(tmp_path):
     model = from_d2l_state_dict(book_model().state_dict(), {"num_heads": 4})
     to_transformers_vit(model).save_pretrained(tmp_path)

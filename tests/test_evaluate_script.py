@@ -103,3 +103,27 @@ def test_evaluate_bad_inputs(saved_model, tmp_path):
             EvaluateArguments(model_name_or_path=str(folder), output_dir=str(tmp_path)),
             DataArguments(data_dir=str(tmp_path / "no-data")),
         )
+
+
+def test_evaluate_test_time_flip_override(saved_model, tmp_path):
+    """--test_time_flip true: the mean of the image's and its mirror's logits; the saved folder is unchanged."""
+    folder, model = saved_model
+    data_args = DataArguments(data_dir=str(DATA_DIR), max_eval_samples=500)
+    path = str(folder)
+    plain = evaluate_saved_model(EvaluateArguments(model_name_or_path=path, output_dir=str(tmp_path / "a")), data_args)
+    flipped = evaluate_saved_model(
+        EvaluateArguments(model_name_or_path=path, output_dir=str(tmp_path / "b"), test_time_flip=True), data_args
+    )
+    assert plain["test_time_flip"] is False and flipped["test_time_flip"] is True
+    assert plain["confusion_matrix"] != flipped["confusion_matrix"]
+    assert json.loads((folder / "config.json").read_text()).get("test_time_flip") is False
+    # The flipped numbers computed here from the same 500 images (the seeded subset evaluate uses).
+    from hf_vit_d2l import training
+
+    _, test, _, _ = training.load_data(data_args, training.ModelArguments(), seed=42)
+    test = training._subset(test, 500, 42)
+    images = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32) / 255) for im in test["image"]])[:, None]
+    labels = torch.tensor(test["label"])
+    with torch.no_grad():
+        logits = (model(pixel_values=images).logits + model(pixel_values=images.flip(-1)).logits) / 2
+    assert flipped["accuracy"] == pytest.approx((logits.argmax(-1) == labels).double().mean().item(), abs=1e-12)

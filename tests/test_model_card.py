@@ -260,6 +260,15 @@ def test_card_says_not_measured_when_figures_are_missing(tmp_path):
         assert section in card.text
 
 
+def test_card_states_flip_test_time_augmentation(tmp_path):
+    folder = make_run_folder(tmp_path / "tta", with_eval=False, with_results=False)
+    assert "test-time augmentation" not in build_model_card(folder).text  # the book's one pass: nothing to say
+    config = ViTD2LConfig.from_pretrained(folder)
+    config.test_time_flip = True
+    config.save_pretrained(folder)
+    assert "Predictions use flip test-time augmentation (`config.test_time_flip=True`" in build_model_card(folder).text
+
+
 def test_card_falls_back_to_all_results_accuracy(tmp_path):
     """Before scripts/evaluate.py runs, eval_results.json is the Trainer's (eval_-prefixed keys) or absent."""
     folder = make_run_folder(tmp_path / "noeval", with_eval=True)

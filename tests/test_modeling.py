@@ -411,6 +411,36 @@ def test_drop_path_rate():
     assert 0.4 < (per_sample == 0).float().mean().item() < 0.6
 
 
+def test_test_time_flip_averages_the_mirror_images_logits_in_eval_only(tmp_path):
+    no_dropout = {"embedding_dropout_prob": 0.0, "block_dropout_prob": 0.0}
+    model = make(test_time_flip=True, pooling="mean", **no_dropout)
+    plain = make(test_time_flip=False, pooling="mean", **no_dropout)
+    plain.load_state_dict(model.state_dict())
+    pixel_values = tester.pixel_values()
+    pixel_values[:, :, :, : tester.image_size // 2] = 0  # asymmetric, so that the mirror image gives other logits
+    with torch.no_grad():
+        mirrored = plain(pixel_values.flip(-1)).logits
+        unflipped = plain(pixel_values, output_hidden_states=True)
+        out = model(pixel_values, labels=tester.labels(), output_hidden_states=True)
+    assert not torch.allclose(mirrored, unflipped.logits, atol=1e-3)
+    torch.testing.assert_close(out.logits, (unflipped.logits + mirrored) / 2)
+    torch.testing.assert_close(out.loss, nn.functional.cross_entropy(out.logits, tester.labels()))
+    for got, expected in zip(out.hidden_states, unflipped.hidden_states, strict=True):  # the unflipped image's
+        torch.testing.assert_close(got, expected)
+    # Training is unchanged: one forward pass, the plain model's logits.
+    model.train(), plain.train()
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values).logits, plain(pixel_values).logits, rtol=0, atol=0)
+    model.eval().save_pretrained(tmp_path)
+    loaded = ViTD2LForImageClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.test_time_flip is True
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values).logits, out.logits)
+    with pytest.raises(ValueError, match="test_time_flip must be True or False, got 'yes'"):
+        ViTD2LConfig(test_time_flip="yes")
+    assert ViTD2LConfig().test_time_flip is False  # the book's model: one pass
+
+
 def test_multi_channel_and_other_label_counts():
     model = make(num_channels=3, num_labels=4, id2label={i: f"c{i}" for i in range(4)})
     with torch.no_grad():

@@ -42,7 +42,10 @@ def test_short_trial_learns_and_reports(tmp_path):
     assert result["num_parameters"] == 10_986 and len(result["validation_curve"]) == 1
     assert result["validation_accuracy"] > 0.45  # measured 0.56 after 86 steps of a one-block model; chance 0.1
     assert json.loads(out.read_text().splitlines()[-1])["validation_accuracy"] == result["validation_accuracy"]
-    assert "validation_accuracy" in lines[-1]
+    assert "validation_accuracy" in lines[-1] and "flip TTA" in lines[-1]
+    # The quick model evaluates with flip TTA (config.test_time_flip); both views are reported.
+    assert result["test_time_flip"] is True and result["validation_curve"] == result["validation_curve_flip_tta"]
+    assert len(result["validation_curve_one_view"]) == 1 and 0.45 < result["validation_curve_one_view"][0] < 1
     again = sweep.run_trial(args, log=lambda _: None)  # seeded: the same trial gives the same numbers
     assert again["validation_curve"] == result["validation_curve"]
 
@@ -66,3 +69,16 @@ def test_sweep_defaults_are_the_quick_recipe():
     assert defaults.warmup_fraction == recipe.training["warmup_steps"]
     assert defaults.num_train_epochs == recipe.training["num_train_epochs"]
     assert defaults.batch_size == recipe.global_batch_size and defaults.crop_padding == recipe.crop_padding
+
+
+def test_bf16_master_weight_trial_learns_and_restores_threads():
+    tiny = "hidden_size=32,intermediate_size=64,num_attention_heads=2,num_hidden_layers=1,test_time_flip=false"
+    args = sweep.SweepArguments(
+        config_overrides=tiny, num_train_epochs=0.2, learning_rate=5e-3, data_dir=str(DATA_DIR),
+        bf16_master_weights=True, num_threads=1,
+    )  # fmt: skip
+    threads = torch.get_num_threads()
+    result = sweep.run_trial(args, log=lambda _: None)
+    assert result["test_time_flip"] is False and result["validation_curve"] == result["validation_curve_one_view"]
+    assert result["validation_accuracy"] > 0.45  # learns in bf16 as in fp32 (measured 0.56 there); chance 0.1
+    assert torch.get_num_threads() == threads  # --num_threads applies to the trial only

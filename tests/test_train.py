@@ -101,6 +101,8 @@ def test_quick_recipe_config_and_image_size_follow(tmp_path):
     )
     model, config = training.build_model(model_args, recipe, [str(i) for i in range(10)])
     assert (config.image_size, config.patch_size, config.hidden_size, config.num_attention_heads) == (28, 7, 48, 3)
+    assert config.test_time_flip and config.pooling == "mean" and config.drop_path_rate == 0.1  # the quick preset's
+    assert recipe.training["num_train_epochs"] == 13
     processor = training.build_image_processor(model_args, config, recipe)
     assert processor.size == {"height": 28, "width": 28} and processor.do_normalize
     assert processor.image_mean == [pytest.approx(0.286)] and processor.image_std == [pytest.approx(0.353)]
@@ -310,6 +312,7 @@ def test_end_to_end_real_fashion_mnist(tmp_path):
     assert [e["epoch"] for e in state["log_history"] if "loss" in e] == [1.0, 2.0]
     info = json.loads((out / "run_info.json").read_text())
     assert info["recipe"] == "quick" and info["seed"] == 42 and info["num_processes"] == 1
+    assert info["torch_compile"] is False and info["torch_threads_per_process"] == torch.get_num_threads()
     assert info["global_batch_size"] == 64 and info["train_samples"] == 3000 and info["eval_samples"] == 500
     assert "train.py" in info["command"] and info["hardware"] and info["dataset"]
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
