@@ -388,7 +388,7 @@ def to_transformers_vit(model: ViTD2LForImageClassification | ViTD2LModel) -> Vi
             "stochastic depth.",
             config.drop_path_rate,
         )
-    if getattr(config, "test_time_flip", False) and isinstance(model, ViTD2LForImageClassification):
+    if config.test_time_flip and isinstance(model, ViTD2LForImageClassification):
         logger.warning(
             "test_time_flip=True (flip test-time augmentation) has no counterpart in stock ViT; the exported model "
             "predicts from one view, so its logits are this model's with model.config.test_time_flip = False."

@@ -556,7 +556,7 @@ def build_model_card(
             f"Differences from the book's code in this run: pooling `{config.pooling}`, init `{config.init_style}` "
             f"(position embedding std {config.position_embedding_std}), stochastic depth {config.drop_path_rate}.",
         ]
-    if getattr(config, "test_time_flip", False):
+    if config.test_time_flip:
         arch += [
             "",
             "Predictions use flip test-time augmentation (`config.test_time_flip=True`, not in the book): in eval "

@@ -105,6 +105,8 @@ def run_trial(args: SweepArguments, log=print) -> dict:
 def _run_trial(args: SweepArguments, log) -> dict:
     torch.manual_seed(0)
     config = ViTD2LConfig(**{**QUICK_CONFIG, **parse_config_overrides(args.config_overrides), "num_labels": 10})
+    # validate() scores one view and flip TTA from the same two passes, so the model itself predicts from one view.
+    test_time_flip, config.test_time_flip = config.test_time_flip, False
     model = ViTD2LForImageClassification(config)
     n_params = sum(p.numel() for p in model.parameters())
     (x_train, y_train), (x_val, y_val) = load_split(args.validation_size, args.data_dir)
@@ -154,7 +156,6 @@ def _run_trial(args: SweepArguments, log) -> dict:
     def validate() -> tuple[float, float]:
         """Validation accuracy of one view, and with flip test-time augmentation (`config.test_time_flip`)."""
         model.eval()
-        model.config.test_time_flip = False  # both numbers from the same two passes
         correct = correct_tta = 0
         for i in range(0, len(y_val), 1000):
             x = _scale(x_val[i : i + 1000], config.image_size).to(dtype)
@@ -162,11 +163,8 @@ def _run_trial(args: SweepArguments, log) -> dict:
             both = logits + model(pixel_values=x.flip(-1)).logits.float()
             correct += (logits.argmax(-1) == y_val[i : i + 1000]).sum().item()
             correct_tta += (both.argmax(-1) == y_val[i : i + 1000]).sum().item()
-        model.config.test_time_flip = test_time_flip
         model.train()
         return correct / len(y_val), correct_tta / len(y_val)
-
-    test_time_flip = config.test_time_flip
 
     log(f"{n_params:,} params, {total} steps, {json.dumps(asdict(args))}")
     curve, curve_single, curve_tta, step, start = [], [], [], 0, time.perf_counter()
