@@ -19,7 +19,7 @@ from hf_vit_d2l import (
     to_transformers_vit,
 )
 from hf_vit_d2l.convert import infer_d2l_config_kwargs, load_d2l_checkpoint, parse_config_overrides, to_d2l_state_dict
-from hf_vit_d2l.d2l_reference import ViT
+from d2l_reference import ViT
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_d2l_checkpoint.py"
 TINY = {"img_size": 30, "patch_size": 3, "num_hiddens": 32, "mlp_num_hiddens": 37, "num_heads": 4, "num_blks": 2}

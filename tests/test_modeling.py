@@ -10,7 +10,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 
 from hf_vit_d2l import FASHION_MNIST_LABELS, ViTD2LConfig, ViTD2LForImageClassification, ViTD2LModel
-from hf_vit_d2l.d2l_reference import ViT
+from d2l_reference import ViT
 
 
 class ViTD2LModelTester:
