@@ -238,7 +238,35 @@ def test_loss_does_not_scale_with_the_number_of_processes(two_machine_run, fashi
     print(f"eval_loss 2 machines {results['eval_loss']:.4f}, one process {loss:.4f}")
     first_step_loss = next(e["loss"] for e in log_history(out) if "loss" in e)
     assert first_step_loss < 1.5 * math.log(10)  # a 10-class model starts near ln 10 = 2.30 (2 x that today)
-    assert results["eval_loss"] == pytest.approx(loss, rel=1e-5)
+    # Not exact: the Trainer repeats each batch's mean loss over the batch, and the padded last batch of a rank
+    # (600 = 2 x 256 + 88) mixes in repeated images (0.1% here). The bug this guards against is a factor of 2.
+    assert results["eval_loss"] == pytest.approx(loss, rel=1e-2)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the same **kwargs makes the Trainer skip its division by gradient_accumulation_steps: the loss and the "
+    "gradients grow with the accumulation steps; needs accepts_loss_kwargs = False on the model",
+)
+def test_gradient_accumulation_takes_the_same_steps(launcher, tmp_path):
+    """The global batch of 128 as 2 x 64 accumulated is the same optimizer step as one batch of 128."""
+    no_dropout = TINY + ",embedding_dropout_prob=0,block_dropout_prob=0"
+    common = [
+        "--use_cpu", "--config_overrides", no_dropout, "--max_train_samples", "512", "--max_eval_samples", "128",
+        "--num_train_epochs", "1", "--logging_strategy", "steps", "--logging_steps", "1", "--save_strategy", "no",
+        "--eval_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
+    ]  # fmt: skip
+    runs = {}
+    for accumulation in (1, 2):
+        out = tmp_path / f"accumulate{accumulation}"
+        args = [*common, "--output_dir", str(out), "--gradient_accumulation_steps", str(accumulation)]
+        launcher.wait(launcher.start(f"accumulate{accumulation}", ddp(1, free_port()), args))
+        info = json.loads((out / "run_info.json").read_text())
+        assert (info["global_batch_size"], info["per_device_train_batch_size"]) == (128, 128 // accumulation)
+        runs[accumulation] = [(e["loss"], e["grad_norm"]) for e in log_history(out) if "loss" in e]
+    print("loss, grad_norm per step: accumulation 1", runs[1], "accumulation 2", runs[2])
+    assert len(runs[1]) == len(runs[2]) == 4
+    np.testing.assert_allclose(runs[2], runs[1], rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------------------------
