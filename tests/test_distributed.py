@@ -1,8 +1,9 @@
 """Past one process, on this CPU: two machines on loopback, FSDP 2, and resuming with another number of processes.
 
-Everything goes through `accelerate launch ... scripts/train.py --use_cpu` (gloo), as a user would run it. Each
-launch runs in its own session; the launcher's workers run in sessions of their own (torch elastic starts them
-that way), so cleanup kills the whole process tree, on failure and timeout too. Ports are chosen free at run time.
+Training runs as a user runs it: `accelerate launch ... scripts/train.py --use_cpu` (gloo), and plain
+`python scripts/train.py` for one process. Each launch runs in its own session; the launcher's workers run in
+sessions of their own (torch elastic starts them that way), so cleanup kills the whole process tree, on failure and
+timeout too. Ports are chosen free at run time.
 
 What a rank holds is invisible from the command line, so a `sitecustomize` on PYTHONPATH wraps the public
 `Trainer.train` in every launched process to dump that rank's final weights and world size.
@@ -93,11 +94,12 @@ class Launcher:
         self.env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", RANK_DUMP=str(self.dump))
         self.env["PYTHONPATH"] = os.pathsep.join([str(hook), str(REPO), os.environ.get("PYTHONPATH", "")])
 
-    def start(self, name: str, launch_args: list[str], script_args: list[str], script=TRAIN_SCRIPT, **env):
-        command = [
-            sys.executable, "-m", "accelerate.commands.launch", *launch_args, "--num_cpu_threads_per_process", "1",
-            str(script), *script_args,
-        ]  # fmt: skip
+    def start(self, name: str, launch_args: list[str] | None, script_args: list[str], script=TRAIN_SCRIPT, **env):
+        """`accelerate launch <launch_args> script ...`, or plain `python script ...` for launch_args None."""
+        command = [sys.executable, str(script), *script_args]
+        if launch_args is not None:
+            launch = ["-m", "accelerate.commands.launch", *launch_args, "--num_cpu_threads_per_process", "1"]
+            command[1:1] = launch
         log = open(self.tmp_path / f"{name}.log", "w")  # noqa: SIM115  (closed with the process)
         process = subprocess.Popen(
             command, cwd=self.tmp_path, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
@@ -133,10 +135,13 @@ def launcher(tmp_path):
     launcher.close()
 
 
-def ddp(num_processes: int, port: int, *extra: str) -> list[str]:
-    config = REPO / "configs" / ("accelerate_cpu_ddp.yaml" if num_processes > 1 else "accelerate_cpu.yaml")
-    return ["--config_file", str(config), "--num_processes", str(num_processes), "--main_process_port", str(port),
-            *extra]  # fmt: skip
+def ddp(num_processes: int, *extra: str, port: int | None = None) -> list[str] | None:
+    """`accelerate launch` flags for CPU DDP over `num_processes` (gloo); None (plain python) for one process."""
+    if num_processes == 1:
+        return None
+    config = REPO / "configs" / "accelerate_cpu_ddp.yaml"
+    return ["--config_file", str(config), "--num_processes", str(num_processes), "--main_process_port",
+            str(port or free_port()), *extra]  # fmt: skip
 
 
 def log_history(folder: Path) -> list[dict]:
@@ -172,21 +177,18 @@ EVAL_SAMPLES = 600  # 3 eval batches of 256 over 2 ranks: the last rank gets a p
 @pytest.fixture(scope="module")
 def two_machine_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("two_machines")
-    launcher, port, out = Launcher(tmp_path), free_port(), tmp_path / "run"
+    launcher, port, out = Launcher(tmp_path), free_port(), tmp_path / "run"  # both machines need the same port
     script_args = [
         "--use_cpu", "--output_dir", str(out), "--config_overrides", TINY, "--max_train_samples", "512",
         "--max_eval_samples", str(EVAL_SAMPLES), "--num_train_epochs", "1", "--optim", "adamw_torch",
         "--learning_rate", "5e-3", "--logging_strategy", "steps", "--logging_steps", "1", "--report_to", "none",
         "--disable_tqdm", "true",
     ]  # fmt: skip
+    machine = ["--num_machines", "2", "--main_process_ip", "127.0.0.1"]
     start = time.monotonic()
     try:
         machines = [
-            launcher.start(
-                f"machine{rank}",
-                ddp(2, port, "--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1"),
-                script_args,
-            )
+            launcher.start(f"machine{rank}", ddp(2, *machine, "--machine_rank", str(rank), port=port), script_args)
             for rank in (0, 1)
         ]
         launcher.wait(*machines)
@@ -260,7 +262,7 @@ def test_gradient_accumulation_takes_the_same_steps(launcher, tmp_path):
     for accumulation in (1, 2):
         out = tmp_path / f"accumulate{accumulation}"
         args = [*common, "--output_dir", str(out), "--gradient_accumulation_steps", str(accumulation)]
-        launcher.wait(launcher.start(f"accumulate{accumulation}", ddp(1, free_port()), args))
+        launcher.wait(launcher.start(f"accumulate{accumulation}", ddp(1), args))
         info = json.loads((out / "run_info.json").read_text())
         assert (info["global_batch_size"], info["per_device_train_batch_size"]) == (128, 128 // accumulation)
         runs[accumulation] = [(e["loss"], e["grad_norm"]) for e in log_history(out) if "loss" in e]
@@ -436,7 +438,7 @@ def straight_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("straight")
     launcher, out = Launcher(tmp_path), tmp_path / "straight"
     try:
-        launcher.wait(launcher.start("straight", ddp(1, free_port()), quick_args(out)))
+        launcher.wait(launcher.start("straight", ddp(1), quick_args(out)))
     finally:
         launcher.close()
     return out
@@ -459,9 +461,9 @@ def kill_after_checkpoint(launcher: Launcher, process, out: Path, step: int) -> 
 @pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
 def test_resume_with_another_number_of_processes(launcher, straight_run, before, after, tmp_path):
     out = tmp_path / "run"
-    first = launcher.start("first", ddp(before, free_port()), quick_args(out))
+    first = launcher.start("first", ddp(before), quick_args(out))
     checkpoint = kill_after_checkpoint(launcher, first, out, STEPS_PER_EPOCH)
-    launcher.wait(launcher.start("resumed", ddp(after, free_port()), quick_args(out)))  # auto-resumes
+    launcher.wait(launcher.start("resumed", ddp(after), quick_args(out)))  # auto-resumes
 
     info = json.loads((out / "run_info.json").read_text())
     assert info["resumed_from"].endswith(checkpoint)
