@@ -144,6 +144,10 @@ class ViTD2LConfig(PreTrainedConfig):
             self.label2id = {name: i for i, name in enumerate(FASHION_MNIST_LABELS)}
         super().__post_init__(**kwargs)
 
+    def __setattr__(self, name, value):
+        # Map a book name before the field validators look the name up, so `config.num_hiddens = 0` is checked too.
+        super().__setattr__(self.attribute_map.get(name, name), value)
+
     def validate_vit_d2l(self):
         """Part of `@strict` validation: the constraints between fields that the model's shapes need."""
         if self.hidden_size % self.num_attention_heads:
