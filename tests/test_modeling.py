@@ -6,12 +6,12 @@ import warnings
 
 import pytest
 import torch
+from d2l_reference import ViT
 from huggingface_hub.errors import StrictDataclassFieldValidationError
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 
 from hf_vit_d2l import FASHION_MNIST_LABELS, ViTD2LConfig, ViTD2LForImageClassification, ViTD2LModel
-from d2l_reference import ViT
 
 
 class ViTD2LModelTester:

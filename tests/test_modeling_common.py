@@ -42,7 +42,9 @@ def sdist_tests_folder() -> Path:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0 or not archive.exists():
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            pytest.skip(f"cannot fetch the transformers {version} sdist from PyPI (needed for its test mixins): {last}")
+            pytest.skip(
+                f"cannot fetch the transformers {version} sdist from PyPI (needed for its test mixins): {last}"
+            )
     with tarfile.open(archive) as tar:
         members = [m for m in tar.getmembers() if m.name.startswith(f"transformers-{version}/tests/")]
         tar.extractall(CACHE, members=members, filter="data")
@@ -103,7 +105,9 @@ ConfigTester = configuration_common.ConfigTester
 class ViTD2LModelTester:
     """transformers' `ViTModelTester` sizes (batch 13, image 30, patch 2, hidden 32, 4 heads, MLP 37, 2 layers)."""
 
-    def __init__(self, parent, batch_size=13, image_size=30, patch_size=2, num_channels=1, type_sequence_label_size=10):
+    def __init__(
+        self, parent, batch_size=13, image_size=30, patch_size=2, num_channels=1, type_sequence_label_size=10
+    ):
         self.parent = parent
         self.batch_size = batch_size
         self.image_size = image_size
