@@ -3,7 +3,7 @@
 # that shares the rest of the environment. Usage: bash .ci/old_transformers.sh [VERSION]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-version="${1:-5.12.0}"
+version="${1:-5.4.0}"
 venv="${TMPDIR:-/tmp}/hf-vit-d2l-transformers-$version"
 [ -x "$venv/bin/python" ] || python3 -m venv --system-site-packages "$venv"
 "$venv/bin/python" -m pip install -q "transformers==$version"
