@@ -238,7 +238,7 @@ def test_loss_does_not_scale_with_the_number_of_processes(two_machine_run, fashi
     first_step_loss = next(e["loss"] for e in log_history(out) if "loss" in e)
     assert first_step_loss < 1.5 * math.log(10)  # a 10-class model starts near ln 10 = 2.30, not 2 x that
     # Not exact: the Trainer repeats each batch's mean loss over the batch, and the padded last batch of a rank
-    # (600 = 2 x 256 + 88) mixes in repeated images (0.1% here). The bug this guards against is a factor of 2.
+    # (600 = 2 x 256 + 88) mixes in repeated images (well under 1%). The bug this guards against is a factor of 2.
     assert results["eval_loss"] == pytest.approx(loss, rel=1e-2)
 
 
