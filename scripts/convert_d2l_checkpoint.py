@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from hf_vit_d2l.convert import CheckpointConversionError, convert_d2l_checkpoint, parse_config_overrides
+from hf_vit_d2l.convert import CheckpointConversionError, convert_d2l_checkpoint
+from hf_vit_d2l.presets import parse_config_overrides
 
 
 @dataclass
