@@ -45,8 +45,8 @@ def check_model_folder(folder: str, trust_remote_code: bool = False) -> dict[str
     """Raise `ModelLoadError` unless `folder` holds a loadable model; return its config.json as a dict.
 
     Checked: config.json is there and is JSON, its `model_type` is one transformers knows (`vit_d2l` once this package
-    is imported) or the folder brings its own code and `trust_remote_code` is set, the weights are there and their
-    safetensors headers read (which also catches a file cut short), and the image processor's config is there.
+    is imported) or the folder brings its own code and `trust_remote_code` is set, the weights' safetensors headers
+    read (which also catches a file cut short), and the image processor's config is there.
     """
     from safetensors import safe_open
 
@@ -68,13 +68,9 @@ def check_model_folder(folder: str, trust_remote_code: bool = False) -> dict[str
             "model type transformers knows. Fix model_type, or pass --trust_remote_code if the folder brings its "
             "own code (an auto_map in config.json)."
         )
-    weights = sorted(n for n in os.listdir(folder) if n.startswith("model") and n.endswith(".safetensors"))
-    if not weights:
-        raise ModelLoadError(
-            f"{folder} has no model.safetensors: the weights are missing. Copy them into the folder or save the "
-            "model again with save_pretrained."
-        )
-    for name in weights:
+    # A missing weight file gets transformers' own message, which names it; a damaged one gets a Rust error that
+    # names nothing, so every header is read here first.
+    for name in sorted(n for n in os.listdir(folder) if n.startswith("model") and n.endswith(".safetensors")):
         try:
             with safe_open(os.path.join(folder, name), framework="pt") as f:
                 f.keys()
@@ -94,12 +90,7 @@ def check_model_folder(folder: str, trust_remote_code: bool = False) -> dict[str
 def _looks_local(path: str) -> bool:
     """A path rather than a Hub id: explicit prefixes, more than one slash, or a parent folder that exists."""
     parent = os.path.dirname(path)
-    return (
-        path.startswith((".", "/", "~"))
-        or path.count("/") > 1
-        or os.sep != "/"
-        or bool(parent and os.path.isdir(parent))
-    )
+    return path.startswith((".", "/", "~")) or path.count("/") > 1 or bool(parent and os.path.isdir(parent))
 
 
 def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = False, device: str | None = None):

@@ -24,18 +24,14 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .configuration_vit_d2l import ViTD2LConfig
+from .data import HUB_DATASET_ID
 from .evaluation import ModelLoadError, check_model_folder
 from .utils import hub_available, save_folder_atomically
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 NOT_MEASURED = "not measured"
-FASHION_MNIST_ID = "zalando-datasets/fashion_mnist"
-CODE_FILES = ("configuration_vit_d2l.py", "modeling_vit_d2l.py", "image_processing_vit_d2l.py")
-REQUIRED_AUTO_MAP = {
-    "AutoConfig": "configuration_vit_d2l.ViTD2LConfig",
-    "AutoModel": "modeling_vit_d2l.ViTD2LModel",
-    "AutoModelForImageClassification": "modeling_vit_d2l.ViTD2LForImageClassification",
-}
+# Auto classes a Hub user without this package loads the model with (`trust_remote_code=True`).
+AUTO_CLASSES = ("AutoConfig", "AutoModel", "AutoModelForImageClassification")
 # TrainingArguments fields the card lists (from run_info.json's `training_args`), in this order.
 HYPERPARAMETERS = (
     "learning_rate", "weight_decay", "optim", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler_type",
@@ -141,7 +137,7 @@ def _card_data(
     return ModelCardData(
         library_name="transformers",
         license="apache-2.0",
-        tags=["image-classification", "vision", "vit", "d2l"] + ["fashion-mnist"] * (dataset_id == FASHION_MNIST_ID),
+        tags=["image-classification", "vision", "vit", "d2l"] + ["fashion-mnist"] * (dataset_id == HUB_DATASET_ID),
         datasets=[dataset_id] if dataset_id else None,
         metrics=["accuracy"],
         pipeline_tag="image-classification",
@@ -173,7 +169,7 @@ def build_model_card(
     eval_results = _read_json(folder, "eval_results.json")
     accuracy, samples, source = get_test_accuracy(eval_results, all_results, run_info) or (None, None, None)
     dataset_id = run_info.get("dataset_id")
-    dataset_name = "Fashion-MNIST" if dataset_id == FASHION_MNIST_ID else dataset_id or run_info.get("dataset")
+    dataset_name = "Fashion-MNIST" if dataset_id == HUB_DATASET_ID else dataset_id or run_info.get("dataset")
     training_args = run_info.get("training_args") or {}
     return ModelCard.from_template(
         _card_data(repo_id, dataset_id, dataset_name or "local image folder", accuracy),
@@ -213,24 +209,20 @@ def check_folder_complete(folder: str | os.PathLike) -> list[str]:
     """Problems that would make the published folder unusable (empty list when complete).
 
     Beyond what loading needs (`hf_vit_d2l.evaluation.check_model_folder`: readable config, weights, processor),
-    a Hub user without this package needs the full `auto_map` and the three code files.
+    a Hub user without this package needs an `auto_map` entry for each Auto class and every code file it names.
     """
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         return [f"{folder} is not a folder"]
     try:
-        config = check_model_folder(folder)
+        auto_map = check_model_folder(folder).get("auto_map") or {}
     except ModelLoadError as err:
         return [str(err)]
-    auto_map = config.get("auto_map") or {}
-    problems = [
-        f"config.json auto_map[{key!r}] is {auto_map.get(key)!r}, expected {value!r}"
-        for key, value in REQUIRED_AUTO_MAP.items()
-        if auto_map.get(key) != value
-    ]
-    return problems + [
-        f"code file {name} is missing" for name in CODE_FILES if not os.path.isfile(os.path.join(folder, name))
-    ]
+    auto_map.update(_read_json(folder, "preprocessor_config.json").get("auto_map") or {})
+    problems = [f"config.json has no auto_map entry for {key}" for key in AUTO_CLASSES if key not in auto_map]
+    code_files = sorted({reference.split(".")[0] + ".py" for reference in auto_map.values()})
+    missing = [name for name in code_files if not os.path.isfile(os.path.join(folder, name))]
+    return problems + [f"code file {name} is missing" for name in missing]
 
 
 def _fail_if_incomplete(folder: str) -> None:
@@ -325,7 +317,7 @@ def stage_stock_vit(folder: str | os.PathLike, out_dir: str | os.PathLike, repo_
         source_repo_id=source_repo_id,
         luma=", ".join(map(str, LUMA)),
         image_size=size,
-        dataset_name="Fashion-MNIST" if dataset_id == FASHION_MNIST_ID else dataset_id or "its training images",
+        dataset_name="Fashion-MNIST" if dataset_id == HUB_DATASET_ID else dataset_id or "its training images",
     )
 
     def write(staging: str) -> None:

@@ -259,7 +259,7 @@ def _copy_model(model_folder, tmp_path, name):
         ("truncated", "model.safetensors is damaged"),
         ("empty", "model.safetensors is damaged"),
         ("garbage", "model.safetensors is damaged"),
-        ("no_weights", "has no model.safetensors"),
+        ("no_weights", "no file named model.safetensors"),
         ("no_config", "has no config.json"),
         ("bad_json", "cannot be read as JSON"),
         ("model_type", "model_type 'vit_d2l_typo', which is not 'vit_d2l'"),
