@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import torch
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil, ViTModel
 
-from .configuration_vit_d2l import FASHION_MNIST_LABELS, ViTD2LConfig
+from .configuration_vit_d2l import ViTD2LConfig
 from .image_processing_vit_d2l import ViTD2LImageProcessor
 from .modeling_vit_d2l import ViTD2LForImageClassification, ViTD2LModel
 from .utils import save_folder_atomically
@@ -38,7 +38,9 @@ class CheckpointConversionError(ValueError):
 # The book's `ViT` <-> ViTD2LForImageClassification
 # ---------------------------------------------------------------------------------------------------------------------
 
-D2L_GLOBAL_KEYS = {
+# Our names of the book's modules outside the blocks. Inside a block both use the book's names (ln1, attention.W_q,
+# mlp.dense1, ...), so `blks.{i}.` <-> `vit_d2l.encoder.layer.{i}.` is the whole difference there.
+D2L_KEYS = {
     "cls_token": "vit_d2l.embeddings.cls_token",
     "pos_embedding": "vit_d2l.embeddings.position_embeddings",
     "patch_embedding.conv.weight": "vit_d2l.embeddings.patch_embeddings.projection.weight",
@@ -48,19 +50,15 @@ D2L_GLOBAL_KEYS = {
     "head.1.weight": "classifier.weight",
     "head.1.bias": "classifier.bias",
 }
-# Our block modules keep the book's names (ln1, attention.W_q, mlp.dense1, ...): only the prefix differs.
-D2L_BLOCK_KEYS = ["ln1", "ln2", "mlp.dense1", "mlp.dense2"]
-D2L_ATTENTION_KEYS = ["attention.W_q", "attention.W_k", "attention.W_v", "attention.W_o"]
 
 
-def d2l_key_map(num_blocks: int, use_bias: bool) -> dict[str, str]:
-    """The complete book-key -> our-key mapping for a book `ViT` with `num_blocks` blocks."""
-    suffixes = [f"{m}.{p}" for m in D2L_BLOCK_KEYS for p in ("weight", "bias")]
-    suffixes += [f"{m}.{p}" for m in D2L_ATTENTION_KEYS for p in (("weight", "bias") if use_bias else ("weight",))]
-    mapping = dict(D2L_GLOBAL_KEYS)
-    for i in range(num_blocks):
-        mapping.update({f"blks.{i}.{key}": f"vit_d2l.encoder.layer.{i}.{key}" for key in suffixes})
-    return mapping
+def d2l_key_map(model: ViTD2LForImageClassification) -> dict[str, str]:
+    """Book key -> our key for every parameter of `model` (the model's config decides which exist, e.g. biases)."""
+    book_names = {ours: book for book, ours in D2L_KEYS.items()}
+    return {
+        book_names.get(key) or re.sub(r"^vit_d2l\.encoder\.layer\.(\d+)\.", r"blks.\1.", key): key
+        for key in model.state_dict()
+    }
 
 
 def _as_state_dict(state_dict) -> dict[str, torch.Tensor]:
@@ -128,22 +126,16 @@ def infer_d2l_config_kwargs(state_dict: Mapping[str, torch.Tensor]) -> dict:
 def _resolve_config(state_dict, config: ViTD2LConfig | Mapping | None) -> ViTD2LConfig:
     if isinstance(config, ViTD2LConfig):
         return config
-    overrides = dict(config or {})
-    # An override given by its book alias (num_heads=4) replaces the inferred canonical value.
-    aliases = {canonical for alias, canonical in ViTD2LConfig.attribute_map.items() if alias in overrides}
-    kwargs = {k: v for k, v in infer_d2l_config_kwargs(state_dict).items() if k not in aliases}
-    kwargs.update(overrides)
-    if not {"num_attention_heads", "num_heads"} & set(overrides):
-        kwargs["num_attention_heads"] = BOOK_DEFAULT_NUM_HEADS
-        if kwargs.get("hidden_size", kwargs.get("num_hiddens")) % BOOK_DEFAULT_NUM_HEADS:
-            raise CheckpointConversionError(
-                f"The checkpoint's hidden size is not divisible by the book's default of {BOOK_DEFAULT_NUM_HEADS} "
-                "heads, and the number of heads cannot be read from the weights: pass it "
-                "(config={'num_attention_heads': N}, or --num_heads N on the command line)."
-            )
-    if kwargs.get("num_labels") != len(FASHION_MNIST_LABELS) and "id2label" not in kwargs:
-        kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(kwargs["num_labels"])}
-    return ViTD2LConfig(**kwargs)
+    # Book names (num_heads=4) become canonical ones, so that they replace the inferred values.
+    overrides = {ViTD2LConfig.attribute_map.get(key, key): value for key, value in (config or {}).items()}
+    kwargs = {**infer_d2l_config_kwargs(state_dict), **overrides}
+    if "num_attention_heads" not in overrides and kwargs["hidden_size"] % BOOK_DEFAULT_NUM_HEADS:
+        raise CheckpointConversionError(
+            f"The checkpoint's hidden size {kwargs['hidden_size']} is not divisible by the book's default of "
+            f"{BOOK_DEFAULT_NUM_HEADS} heads, and the number of heads cannot be read from the weights: pass it "
+            "(config={'num_attention_heads': N}, or --num_heads N on the command line)."
+        )
+    return ViTD2LConfig(**{"num_attention_heads": BOOK_DEFAULT_NUM_HEADS, **kwargs})
 
 
 def from_d2l_state_dict(
@@ -170,7 +162,8 @@ def from_d2l_state_dict(
     """
     state_dict = _as_state_dict(state_dict)
     config = _resolve_config(state_dict, config)
-    mapping = d2l_key_map(config.num_hidden_layers, config.qkv_bias)
+    model = ViTD2LForImageClassification(config)
+    mapping = d2l_key_map(model)
     missing, unexpected = sorted(set(mapping) - set(state_dict)), sorted(set(state_dict) - set(mapping))
     if missing or unexpected:
         lines = [
@@ -182,7 +175,6 @@ def from_d2l_state_dict(
             f"The state dict does not match the book's ViT with num_blks={config.num_hidden_layers}, "
             f"use_bias={config.qkv_bias}:\n  " + "\n  ".join(lines)
         )
-    model = ViTD2LForImageClassification(config)
     target = model.state_dict()
     mismatched = [
         f"{key}: checkpoint {tuple(value.shape)}, config {tuple(target[mapping[key]].shape)}"
@@ -203,8 +195,7 @@ def to_d2l_state_dict(model: ViTD2LForImageClassification) -> dict[str, torch.Te
     if model.config.pooling != "cls":
         raise ValueError("The book's ViT classifies the <cls> token; a pooling='mean' model has no book equivalent.")
     ours = model.state_dict()
-    mapping = d2l_key_map(model.config.num_hidden_layers, model.config.qkv_bias)
-    return {book_key: ours[our_key].detach().clone() for book_key, our_key in mapping.items()}
+    return {book_key: ours[our_key].detach().clone() for book_key, our_key in d2l_key_map(model).items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
