@@ -126,14 +126,16 @@ def _card_data(
     repo_id: str | None, dataset_id: str | None, dataset_name: str, accuracy: float | None
 ) -> ModelCardData:
     """The card's YAML metadata: what the Hub validates and indexes (its model-index holds the test accuracy)."""
-    result = EvalResult(
-        task_type="image-classification",
-        dataset_type=dataset_id or "imagefolder",
-        dataset_name=dataset_name,
-        dataset_split="test",
-        metric_type="accuracy",
-        metric_value=accuracy,
-    )
+    results = accuracy is not None and [
+        EvalResult(
+            task_type="image-classification",
+            dataset_type=dataset_id or "imagefolder",
+            dataset_name=dataset_name,
+            dataset_split="test",
+            metric_type="accuracy",
+            metric_value=accuracy,
+        )
+    ]
     return ModelCardData(
         library_name="transformers",
         license="apache-2.0",
@@ -142,7 +144,7 @@ def _card_data(
         metrics=["accuracy"],
         pipeline_tag="image-classification",
         model_name=(repo_id or "vit-d2l").split("/")[-1],
-        eval_results=None if accuracy is None else [result],
+        eval_results=results or None,
     )
 
 
@@ -302,15 +304,8 @@ def stage_stock_vit(folder: str | os.PathLike, out_dir: str | os.PathLike, repo_
     # Grayscale files become R = G = B, which the RGB patch embedding maps back to the original's input.
     processor = ViTImageProcessorPil(size={"height": size, "width": size}, do_normalize=False, do_convert_rgb=True)
     dataset_id = _read_json(os.fspath(folder), "run_info.json").get("dataset_id")
-    card_data = ModelCardData(
-        library_name="transformers",
-        license="apache-2.0",
-        pipeline_tag="image-classification",
-        tags=["image-classification", "vision", "vit", "d2l"],
-        datasets=[dataset_id] if dataset_id else None,
-    )
     card = ModelCard.from_template(
-        card_data,
+        _card_data(repo_id, dataset_id, dataset_id, accuracy=None),
         template_path=str(TEMPLATES / "stock_vit_card.md"),
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
@@ -357,8 +352,8 @@ def push_to_hub(
     """Stage the folder with its card and upload it (or, with `dry_run_dir`, only write the staged folder).
 
     The card of an upload pins, in its `trust_remote_code=True` snippets, the commit that holds the code: a second
-    commit sets that revision once the first one has a hash. Returns `{"staged", "stock_vit_staged", "url",
-    "stock_vit_url"}` (paths for a dry run, URLs for an upload; None for what did not happen).
+    commit sets that revision once the first one has a hash. Returns the staged folders (`"staged"`,
+    `"stock_vit_staged"`) of a dry run, or the repository URLs (`"url"`, `"stock_vit_url"`) of an upload.
     """
     folder = os.path.abspath(os.fspath(folder))
     if not repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
@@ -372,36 +367,26 @@ def push_to_hub(
             f"--also_stock_vit_repo: this model uses pooling={pooling!r}, which stock transformers ViT cannot express "
             "(it classifies the <cls> token only). Drop --also_stock_vit_repo for this model."
         )
-    result = dict.fromkeys(("staged", "stock_vit_staged", "url", "stock_vit_url"))
-    if dry_run_dir is not None:
-        result["staged"] = stage_for_upload(folder, dry_run_dir, repo_id, stock_vit_repo_id)
-        if stock_vit_repo_id:
-            result["stock_vit_staged"] = stage_stock_vit(
-                folder, result["staged"] + "-stock-vit", stock_vit_repo_id, repo_id
-            )
-        return result
-
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=check_hub_ready())
+    token = None if dry_run_dir is not None else check_hub_ready()
     with tempfile.TemporaryDirectory(prefix="vit_d2l_push_") as tmp:
-        staged = stage_for_upload(folder, os.path.join(tmp, "model"), repo_id, stock_vit_repo_id)
-        result["url"] = str(api.create_repo(repo_id, private=private, exist_ok=True))
-        commit = api.upload_folder(
-            repo_id=repo_id, folder_path=staged, commit_message="Upload ViT (d2l) with its model card"
-        )
+        staged = stage_for_upload(folder, dry_run_dir or os.path.join(tmp, "model"), repo_id, stock_vit_repo_id)
+        stock = stock_vit_repo_id and stage_stock_vit(folder, staged + "-stock-vit", stock_vit_repo_id, repo_id)
+        if dry_run_dir is not None:
+            return {"staged": staged, "stock_vit_staged": stock}
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        result = {"url": str(api.create_repo(repo_id, private=private, exist_ok=True))}
+        commit = api.upload_folder(repo_id=repo_id, folder_path=staged, commit_message="Upload ViT (d2l) and its card")
         card = build_model_card(staged, repo_id, stock_vit_repo_id, revision=commit.oid)
+        message = f"Model card: pin the code of commit {commit.oid[:8]} in the usage snippets"
         api.upload_file(
-            path_or_fileobj=str(card).encode(),
-            path_in_repo="README.md",
-            repo_id=repo_id,
-            commit_message=f"Model card: pin the code of commit {commit.oid[:8]} in the usage snippets",
+            path_or_fileobj=str(card).encode(), path_in_repo="README.md", repo_id=repo_id, commit_message=message
         )
-        if stock_vit_repo_id:
-            stock_staged = stage_stock_vit(folder, os.path.join(tmp, "stock"), stock_vit_repo_id, repo_id)
+        if stock:
             result["stock_vit_url"] = str(api.create_repo(stock_vit_repo_id, private=private, exist_ok=True))
             api.upload_folder(
-                repo_id=stock_vit_repo_id, folder_path=stock_staged, commit_message="Upload the stock ViT export"
+                repo_id=stock_vit_repo_id, folder_path=stock, commit_message="Upload the stock ViT export"
             )
     return result
 

@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.dry_run:
         print(f"Dry run: wrote the folder that would be uploaded to {result['staged']}")
-        if result["stock_vit_staged"]:
+        if result.get("stock_vit_staged"):
             print(f"Dry run: wrote the stock-ViT export to {result['stock_vit_staged']}")
     else:
         print(f"Uploaded to {result['url']}")
-        if result["stock_vit_url"]:
+        if result.get("stock_vit_url"):
             print(f"Uploaded the stock-ViT export to {result['stock_vit_url']}")
     return 0
 

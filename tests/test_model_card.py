@@ -592,3 +592,42 @@ def test_stock_export_of_a_mean_pooling_model_is_refused_before_any_work(run_fol
     with pytest.raises(HubPushError, match="pooling='mean'.*Drop --also_stock_vit_repo"):
         push_to_hub(folder, "u/m", stock_vit_repo_id="u/m-stock", dry_run_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out-stock-vit").exists()
+
+
+def test_upload_pins_the_uploaded_commit_in_the_card(run_folder, monkeypatch):
+    """The card's trust_remote_code snippets name the commit that holds the code (a stand-in HfApi records calls)."""
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    from hf_vit_d2l import hub
+
+    oid = "0123456789abcdef0123456789abcdef01234567"
+    calls = []
+
+    class RecordingApi:
+        def __init__(self, token):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, private, exist_ok):
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls.append(("folder", repo_id, set(os.listdir(folder_path))))
+            return SimpleNamespace(oid=oid)
+
+        def upload_file(self, path_or_fileobj, path_in_repo, repo_id, commit_message):
+            calls.append(("file", repo_id, path_in_repo, path_or_fileobj.decode()))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    monkeypatch.setattr(hub, "check_hub_ready", lambda: "hf_token")
+    result = hub.push_to_hub(run_folder, "u/m", stock_vit_repo_id="u/m-stock")
+    assert result == {"url": "https://huggingface.co/u/m", "stock_vit_url": "https://huggingface.co/u/m-stock"}
+    assert calls[0] == ("token", "hf_token")
+    assert (
+        calls[1][:2] == ("folder", "u/m") and {"README.md", "model.safetensors", "modeling_vit_d2l.py"} <= calls[1][2]
+    )
+    kind, repo, path, card = calls[2]
+    assert (kind, repo, path) == ("file", "u/m", "README.md")
+    assert f'trust_remote_code=True, revision="{oid}"' in card and f'"u/m", "{oid}"' in card
+    assert calls[3][:2] == ("folder", "u/m-stock") and "config.json" in calls[3][2]
