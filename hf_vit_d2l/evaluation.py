@@ -113,8 +113,11 @@ def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = 
         model = AutoModelForImageClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
         processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, backend="pil")
     except (OSError, ValueError, KeyError, EOFError) as err:
-        where = "the folder" if os.path.isdir(path) else "the Hub model (not a local folder; offline, only the cache)"
-        raise ModelLoadError(f"Could not load {where} {path!r}: {_first_line(err)}") from None
+        if os.path.isdir(path):
+            raise ModelLoadError(f"Could not load the folder {path}: {_first_line(err)}") from None
+        raise ModelLoadError(
+            f"{path} is not a local folder, and as a Hub id it could not be loaded: {_first_line(err)}"
+        ) from None
     return model.to(device or "cpu").eval(), processor
 
 
@@ -272,6 +275,7 @@ def evaluate_saved_model(eval_args: EvaluateArguments, data_args) -> dict[str, A
         "labels": names,
         "model": eval_args.model_name_or_path,
         "dataset": description,
+        "eval_split": "validation" if data_args.validation_size else "test",  # the card reports test results only
         "device": str(device),
         "test_time_flip": bool(getattr(model.config, "test_time_flip", False)),
         "samples_per_second": len(references) / elapsed,

@@ -90,7 +90,9 @@ def open_image(path: str) -> Image.Image:
     except PermissionError:
         raise PermissionError("permission denied: the file is not readable by this user") from None
     except Image.UnidentifiedImageError:
-        raise ValueError("not an image file that PIL can read") from None
+        raise ValueError(
+            "not an image file that PIL can read (an unknown format, or cut short in its header)"
+        ) from None
     except (OSError, SyntaxError, ValueError) as err:  # PIL's decoders raise these for damaged data
         raise ValueError(f"cannot read the image ({err}); the file may be truncated or damaged") from None
 

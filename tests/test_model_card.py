@@ -631,3 +631,22 @@ def test_upload_pins_the_uploaded_commit_in_the_card(run_folder, monkeypatch):
     assert (kind, repo, path) == ("file", "u/m", "README.md")
     assert f'trust_remote_code=True, revision="{oid}"' in card and f'"u/m", "{oid}"' in card
     assert calls[3][:2] == ("folder", "u/m-stock") and "config.json" in calls[3][2]
+
+
+def test_get_test_accuracy_never_reports_a_validation_split():
+    from hf_vit_d2l.hub import get_test_accuracy
+
+    all_results = {"eval_accuracy": 0.9}
+    assert get_test_accuracy({}, all_results, {"eval_split": "validation"}) is None
+    assert get_test_accuracy({}, all_results, {"eval_split": "test", "eval_samples": 100}) == (
+        0.9,
+        100,
+        "all_results.json",
+    )
+    evaluated = {"accuracy": 0.88, "num_samples": 10000}  # scripts/evaluate.py's test-split result wins
+    assert get_test_accuracy(evaluated, all_results, {"eval_split": "validation"}) == (
+        0.88,
+        10000,
+        "eval_results.json",
+    )
+    assert get_test_accuracy({**evaluated, "eval_split": "validation"}, {}, {}) is None
