@@ -24,7 +24,7 @@ try:
 except ImportError:  # run from a clone without `pip install -e .`
     sys.path.insert(0, str(_HERE.parent))
 
-from hf_vit_d2l.data import DataArguments  # noqa: E402
+from hf_vit_d2l.data import DataArguments, DataUnavailableError  # noqa: E402
 from hf_vit_d2l.evaluation import EvaluateArguments, ModelLoadError, evaluate_saved_model  # noqa: E402
 
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         eval_args, data_args = parser.parse_args_into_dataclasses(args=argv)
         results = evaluate_saved_model(eval_args, data_args)
-    except (ModelLoadError, ValueError) as err:  # bad flags, model folders and data files: one line, no traceback
+    except (ModelLoadError, DataUnavailableError, ValueError) as err:  # flags, model or data: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     width = max(len(name) for name in results["labels"])
