@@ -1,31 +1,17 @@
-"""Data for the book's ViT: Fashion-MNIST (Hub or local IDX files), any image-classification dataset, preprocessing.
+"""Data for the book's ViT: Fashion-MNIST from the Hub or from local IDX files, other image datasets, preprocessing.
 
-Sources, in the order ``load_fashion_mnist(source="auto")`` tries them:
+Fashion-MNIST comes from, in this order (:func:`load_fashion_mnist`): ``data_dir`` when given; the Hub
+(``zalando-datasets/fashion_mnist``) when it is reachable; the IDX files of Debian's ``dataset-fashion-mnist``
+package in :data:`DEFAULT_DATA_DIR` (one log line says so); offline, a Hub copy in the datasets cache. Local IDX
+files are validated and become a ``DatasetDict`` with exactly the Hub's features through ``Dataset.from_generator``
+(which datasets caches, keyed here by the files' md5), so every later step sees the same dataset whatever the
+source. Nothing is ever replaced by fake data: without a source, :class:`DataUnavailableError` says how to get it.
 
-1. the Hugging Face Hub, ``zalando-datasets/fashion_mnist`` (when ``HF_HUB_OFFLINE`` is unset and a 3 s probe of
-   the Hub endpoint answers);
-2. local IDX files (``.gz`` or raw), from ``data_dir`` or auto-detected at ``/usr/share/datasets/fashion-mnist``
-   (Debian/Ubuntu package ``dataset-fashion-mnist``) or a torchvision/d2l layout (``FashionMNIST/raw``). One log
-   line says that the local copy is used. The files are validated (magic number, dimensions, sizes, matching
-   image/label counts) and converted once into the Hub's exact schema, cached under the datasets cache keyed by
-   the files' md5, so later loads are instant;
-3. with ``HF_HUB_OFFLINE=1``, a Hub copy already in the datasets cache.
-
-If none is there, :class:`DataUnavailableError` is raised within seconds, saying how to get the data. Nothing is
-ever replaced by fake data.
-
-Every loader returns a ``DatasetDict`` with ``train`` and ``test`` splits and the features
-``image: Image()`` and ``label: ClassLabel(names=...)``: for Fashion-MNIST exactly the Hub's
-(28x28 mode "L" images, the ten names of :data:`FASHION_MNIST_LABELS`, spaces included).
-
-Preprocessing goes through the model's image processor (:class:`ImageClassificationCollator`), by default with
-PIL exactly as ``ViTD2LImageProcessor`` does at inference, or (``backend="tensor"``) batched in torch, which agrees
-with it to 1/255 and was 1.5-2x faster in a DataLoader worker here (PNG decoding dominates both; measure with
-``python -m hf_vit_d2l.data throughput``). With the ``Trainer`` both need ``remove_unused_columns=False``: the
-Trainer otherwise drops the ``image`` and ``label`` columns before the collator sees them.
+Preprocessing is the model's image processor, per split: :class:`ImageClassificationCollator` is both a
+``Dataset.set_transform`` function (``.transform``) and a DataLoader ``collate_fn``; the training split's adds the
+improved recipes' augmentation. With the ``Trainer`` this needs ``remove_unused_columns=False``, as in
+transformers' ``run_image_classification.py``.
 """
-
-from __future__ import annotations
 
 import argparse
 import gzip
@@ -34,77 +20,48 @@ import json
 import logging
 import math
 import os
-import shutil
 import struct
-import subprocess
 import sys
-import tempfile
-import threading
-import time
-import urllib.error
-import urllib.request
 import zlib
-from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+import datasets.config
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import (
-    ClassLabel,
-    Dataset,
-    DatasetDict,
-    DatasetInfo,
-    Features,
-    Image,
-    NamedSplit,
-    load_dataset,
-    load_from_disk,
-)
-from datasets.table import InMemoryTable
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset
+from datasets.exceptions import DatasetGenerationError
 
 from .configuration_vit_d2l import FASHION_MNIST_LABELS
+from .utils import hub_available
 
 logger = logging.getLogger(__name__)
-
-# --------------------------------------------------------------------------------------------------------------
-# Constants
-# --------------------------------------------------------------------------------------------------------------
 
 HUB_DATASET_ID = "zalando-datasets/fashion_mnist"
 # Names under which callers may ask for Fashion-MNIST (the Hub id, its alias, the torchvision/d2l spelling).
 FASHION_MNIST_NAMES = (HUB_DATASET_ID, "fashion_mnist", "fashion-mnist", "FashionMNIST")
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
-DEBIAN_PACKAGE = "dataset-fashion-mnist"
-INSTALL_COMMAND = f"apt-get update && apt-get install -y {DEBIAN_PACKAGE}"
-
-# File stems of the four IDX files per split (images, labels); ".gz" or raw, "-idx3-" or ".idx3-" spellings.
+INSTALL_COMMAND = "sudo apt-get install dataset-fashion-mnist"
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-FASHION_MNIST_SPLIT_SIZES = {"train": 60_000, "test": 10_000}
-FASHION_MNIST_IMAGE_SHAPE = (28, 28)
-
-# md5 of the *decompressed* IDX payloads (stable however the .gz was recompressed; Debian's .gz files differ
-# byte-wise from Zalando's but decompress to these).
-FASHION_MNIST_IDX_MD5 = {
+SPLIT_SIZES = {"train": 60_000, "test": 10_000}
+# md5 of the decompressed files (Debian's .gz files differ byte-wise from Zalando's but decompress to these).
+IDX_MD5 = {
     "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
     "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
     "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
     "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
 }
-
-# Pixel statistics of the 60,000 training images in [0, 1], over all pixels (measured with
-# `python -m hf_vit_d2l.data stats`; see `compute_mean_std`). Used by the improved recipe's normalisation.
+# Pixel statistics of the 60,000 training images in [0, 1] (`python -m hf_vit_d2l.data stats`), for normalisation.
 FASHION_MNIST_MEAN = 0.2860
 FASHION_MNIST_STD = 0.3530
-
-AUGMENTATIONS = ("book", "improved")
+# Fixed, so every tuning run (--validation_size, benchmarks/sweep.py) holds out the same images.
+VALIDATION_SEED = 42
 BACKENDS = ("pil", "tensor")
-_CACHE_FORMAT_VERSION = "1"
-_PACKAGED_BUILDERS = ("parquet", "csv", "json", "arrow", "imagefolder", "text", "webdataset")
+_REFETCH = "Reinstall it (`sudo apt-get install --reinstall dataset-fashion-mnist`) or download it again."
 
 
 class DataUnavailableError(RuntimeError):
@@ -120,1094 +77,525 @@ def fashion_mnist_features() -> Features:
     return Features({"image": Image(), "label": ClassLabel(names=list(FASHION_MNIST_LABELS))})
 
 
-# --------------------------------------------------------------------------------------------------------------
-# IDX files
-# --------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------- IDX files
 
-# IDX type codes -> big-endian numpy dtypes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-_REFETCH_HINT = (
-    f"Reinstall the Debian package (`apt-get install --reinstall {DEBIAN_PACKAGE}`) or download the file again "
-    "from https://github.com/zalandoresearch/fashion-mnist."
-)
 
 
 def _read_bytes(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:2] == b"\x1f\x8b":  # gzip, whatever the file is called
-        try:
-            return gzip.decompress(data)
-        except (EOFError, OSError, zlib.error) as err:
-            raise IDXFormatError(
-                f"{path} is not a complete gzip file ({err}); it is probably truncated. {_REFETCH_HINT}"
-            ) from None
-    return data
+    data = path.read_bytes()
+    if data[:2] != b"\x1f\x8b":  # not gzip, whatever the file is called
+        return data
+    try:
+        return gzip.decompress(data)
+    except (EOFError, OSError, zlib.error) as err:
+        raise IDXFormatError(f"{path} is not a complete gzip file ({err}); it is probably truncated. {_REFETCH}")
 
 
 def read_idx(path: str | os.PathLike, expected_ndim: int | None = None) -> np.ndarray:
-    """Read an IDX file (gzip-compressed or raw) into a numpy array, validating its header against its size.
+    """An IDX file (gzip-compressed or raw) as a numpy array, its header checked against its size.
 
-    Raises:
-        IDXFormatError: bad magic number, unknown type code, wrong number of dimensions, truncated or oversized
-            payload, or a broken gzip stream. The message names the file, what is wrong and how to fix it.
-        FileNotFoundError: the file does not exist.
+    Raises `IDXFormatError` (bad magic number, wrong number of dimensions, truncated or oversized payload, broken
+    gzip stream) naming the file and the fix, and `FileNotFoundError` for a missing file.
     """
     path = Path(path)
     data = _read_bytes(path)
-    if len(data) < 4:
-        raise IDXFormatError(f"{path} has {len(data)} bytes, too short for an IDX header. {_REFETCH_HINT}")
-    zero, type_code, ndim = data[:2], data[2], data[3]
-    if zero != b"\x00\x00" or type_code not in _IDX_DTYPES or ndim == 0:
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] not in _IDX_DTYPES or data[3] == 0:
         raise IDXFormatError(
             f"{path} does not start with an IDX magic number (got bytes {data[:4].hex(' ')}; expected 00 00 "
-            f"<type 08..0e> <ndim>, e.g. 00 00 08 03 for images). It is not an IDX file or it is corrupt. "
-            f"{_REFETCH_HINT}"
+            f"<type 08..0e> <ndim>, e.g. 00 00 08 03 for images): it is not an IDX file or it is corrupt. {_REFETCH}"
         )
+    ndim = data[3]
     if expected_ndim is not None and ndim != expected_ndim:
         raise IDXFormatError(
-            f"{path} has {ndim} dimensions, expected {expected_ndim} "
-            f"({'images: count x rows x cols' if expected_ndim == 3 else 'labels: count'}). "
-            "Check that the images and labels files are not swapped."
+            f"{path} has {ndim} dimensions, expected {expected_ndim}. Check that the images and labels files are "
+            "not swapped."
         )
-    header_size = 4 + 4 * ndim
-    if len(data) < header_size:
-        raise IDXFormatError(f"{path} is truncated inside its header. {_REFETCH_HINT}")
-    dims = struct.unpack(f">{ndim}I", data[4:header_size])
-    dtype = np.dtype(_IDX_DTYPES[type_code])
-    expected = math.prod(dims) * dtype.itemsize
-    payload = len(data) - header_size
-    if payload != expected:
-        what = "truncated" if payload < expected else "longer than its header says"
+    header = 4 + 4 * ndim
+    dims = struct.unpack(f">{ndim}I", data[4:header]) if len(data) >= header else None
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    payload = len(data) - header
+    if dims is None or payload != math.prod(dims) * dtype.itemsize:
+        shape = "an unreadable shape" if dims is None else f"shape {tuple(dims)}"
         raise IDXFormatError(
-            f"{path} is {what}: its header declares shape {tuple(dims)} ({expected:,} bytes of data) but it holds "
-            f"{payload:,} bytes. {_REFETCH_HINT}"
+            f"{path} is truncated or too long: its header declares {shape} but it holds {max(payload, 0):,} bytes "
+            f"of data. {_REFETCH}"
         )
-    array = np.frombuffer(data, dtype=dtype, offset=header_size).reshape(dims)
-    return array.astype(dtype.newbyteorder("="), copy=False)
-
-
-def _find_idx_file(directory: Path, stem: str) -> Path | None:
-    dotted = stem.replace("-idx", ".idx")  # MNIST's own spelling, e.g. train-images.idx3-ubyte
-    for name in (stem + ".gz", stem, dotted + ".gz", dotted):
-        if (directory / name).is_file():
-            return directory / name
-    return None
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def find_fashion_mnist_files(data_dir: str | os.PathLike) -> dict[str, tuple[Path, Path]] | None:
-    """The four IDX files under ``data_dir`` (or its ``FashionMNIST/raw`` / ``raw`` subfolder), or None."""
+    """The four IDX files (``.gz`` or raw) in ``data_dir`` or its torchvision/d2l ``FashionMNIST/raw``, or None."""
     root = Path(data_dir)
-    for directory in (root, root / "FashionMNIST" / "raw", root / "raw"):
-        found = {split: tuple(_find_idx_file(directory, stem) for stem in stems) for split, stems in IDX_FILES.items()}
+    for folder in (root, root / "FashionMNIST" / "raw", root / "raw"):
+        found = {}
+        for split, stems in IDX_FILES.items():
+            paths = [next((folder / n for n in (s + ".gz", s) if (folder / n).is_file()), None) for s in stems]
+            found[split] = tuple(paths)
         if all(p is not None for pair in found.values() for p in pair):
-            return found  # type: ignore[return-value]
+            return found
     return None
 
 
-def _missing_files_message(data_dir: Path) -> str:
-    names = ", ".join(f"{stem}.gz" for stems in IDX_FILES.values() for stem in stems)
-    present = sorted(p.name for p in data_dir.iterdir()) if data_dir.is_dir() else None
-    where = f"{data_dir} does not exist" if present is None else f"{data_dir} holds {present or 'nothing'}"
-    return f"Fashion-MNIST IDX files not found: {where}; expected the four files {names} (or uncompressed)."
+def verify_checksums(files: dict[str, tuple[Path, Path]]) -> dict[str, bool]:
+    """``{file name: md5 of its decompressed content matches Fashion-MNIST's}``."""
+    return {
+        path.name: hashlib.md5(_read_bytes(path)).hexdigest() == IDX_MD5.get(path.name.removesuffix(".gz"))
+        for pair in files.values()
+        for path in pair
+    }
 
 
-def verify_fashion_mnist_checksums(files: dict[str, tuple[Path, Path]]) -> dict[str, bool]:
-    """md5 of each file's decompressed payload against the known Fashion-MNIST values, ``{file name: ok}``."""
-    result = {}
-    for pair in files.values():
-        for path in pair:
-            stem = path.name.removesuffix(".gz").replace(".idx", "-idx")
-            result[path.name] = hashlib.md5(_read_bytes(path)).hexdigest() == FASHION_MNIST_IDX_MD5.get(stem)
-    return result
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Local IDX -> DatasetDict in the Hub's schema
-# --------------------------------------------------------------------------------------------------------------
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def encode_png_batch(images: np.ndarray, compress: bool = False) -> list[bytes]:
-    """Lossless 8-bit grayscale PNGs of an (N, H, W) uint8 array, built in numpy (no per-image PIL call).
-
-    By default the image data goes in a *stored* (uncompressed) deflate block, so every file has the same length
-    and the whole batch is assembled with array operations (PNG header, filter bytes, zlib header, Adler-32); only
-    the chunk CRC-32 runs per image. That converts Fashion-MNIST's 70,000 images in about a second instead of
-    ~8 s with zlib level 1, for files ~1.8x larger (878 vs ~470 bytes at 28x28) that also decode faster.
-    ``compress=True`` deflates each image (level 6). Either way the files decode to exactly ``images``.
-    """
-    if images.dtype != np.uint8 or images.ndim != 3:
-        raise ValueError(f"encode_png_batch expects an (N, H, W) uint8 array, got {images.dtype} {images.shape}.")
-    n, height, width = images.shape
-    rows = np.zeros((n, height, width + 1), dtype=np.uint8)  # filter type 0 (None) before each row
-    rows[:, :, 1:] = images
-    raw = rows.reshape(n, -1)
-    length = raw.shape[1]
-    head = _PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-    tail = _png_chunk(b"IEND", b"")
-    if compress or length > 0xFFFF:  # one stored block holds at most 65,535 bytes
-        return [head + _png_chunk(b"IDAT", zlib.compress(r.tobytes(), 6)) + tail for r in raw]
-    # zlib stream: CMF/FLG, stored block header (BFINAL=1, BTYPE=00), LEN, NLEN, data, Adler-32 (big-endian).
-    # Adler-32 of each row: a = 1 + sum(d), b = L + sum((L - j) d_j), both mod 65521; the sums are exact in float64.
-    weights = np.stack([np.ones(length), np.arange(length, 0, -1)], axis=1)  # (L, 2)
-    sums = np.concatenate([raw[i : i + 8192].astype(np.float64) @ weights for i in range(0, n, 8192)]).astype(np.int64)
-    adler_a = (1 + sums[:, 0]) % 65521
-    adler_b = (length + sums[:, 1]) % 65521
-    adler = ((adler_b << 16) | adler_a).astype(">u4").view(np.uint8).reshape(n, 4)
-    block = np.frombuffer(b"\x78\x01\x01" + struct.pack("<HH", length, length ^ 0xFFFF), dtype=np.uint8)
-    stream_len = len(block) + length + 4
-    idat = np.empty((n, 8 + stream_len + 4), dtype=np.uint8)
-    idat[:, :4] = np.frombuffer(struct.pack(">I", stream_len), dtype=np.uint8)
-    idat[:, 4:8] = np.frombuffer(b"IDAT", dtype=np.uint8)
-    idat[:, 8 : 8 + len(block)] = block
-    idat[:, 8 + len(block) : 8 + len(block) + length] = raw
-    idat[:, 8 + len(block) + length : 8 + stream_len] = adler
-    crcs = np.fromiter((zlib.crc32(row) for row in idat[:, 4 : 8 + stream_len]), dtype=np.uint32, count=n)
-    idat[:, 8 + stream_len :] = crcs.astype(">u4").view(np.uint8).reshape(n, 4)
-    files = np.empty((n, len(head) + idat.shape[1] + len(tail)), dtype=np.uint8)
-    files[:, : len(head)] = np.frombuffer(head, dtype=np.uint8)
-    files[:, len(head) : len(head) + idat.shape[1]] = idat
-    files[:, len(head) + idat.shape[1] :] = np.frombuffer(tail, dtype=np.uint8)
-    size = files.shape[1]
-    buffer = files.tobytes()
-    return [buffer[i * size : (i + 1) * size] for i in range(n)]
-
-
-def _arrays_to_dataset(images: np.ndarray, labels: np.ndarray, split: str) -> Dataset:
-    """Images and labels as a Dataset with the Hub's features (PNG bytes in the Image feature's struct)."""
-    features = fashion_mnist_features()
-    image_storage = features["image"].pa_type
-    import pyarrow as pa
-
-    image_column = pa.StructArray.from_arrays(
-        [pa.array(encode_png_batch(images), type=pa.binary()), pa.nulls(len(images), type=pa.string())],
-        fields=list(image_storage),
-    )
-    table = pa.table({"image": image_column, "label": pa.array(labels.astype(np.int64), type=pa.int64())})
-    return Dataset(InMemoryTable(table), info=DatasetInfo(features=features), split=NamedSplit(split))
-
-
-def _read_split(images_path: Path, labels_path: Path, expected_count: int | None) -> tuple[np.ndarray, np.ndarray]:
-    images = read_idx(images_path, expected_ndim=3)
-    labels = read_idx(labels_path, expected_ndim=1)
-    if images.dtype != np.uint8 or tuple(images.shape[1:]) != FASHION_MNIST_IMAGE_SHAPE:
-        raise IDXFormatError(
-            f"{images_path} holds {images.dtype} images of shape {tuple(images.shape[1:])}; Fashion-MNIST images "
-            f"are uint8 28x28. {_REFETCH_HINT}"
-        )
-    if len(images) != len(labels):
-        raise IDXFormatError(
-            f"{images_path} holds {len(images):,} images but {labels_path} holds {len(labels):,} labels; the two "
-            f"files must come from the same split and release. {_REFETCH_HINT}"
-        )
-    if expected_count is not None and len(images) != expected_count:
-        raise IDXFormatError(
-            f"{images_path} holds {len(images):,} images; Fashion-MNIST's split has {expected_count:,}. "
-            f"{_REFETCH_HINT}"
-        )
-    if len(labels) and (labels.min() < 0 or labels.max() >= len(FASHION_MNIST_LABELS)):
-        raise IDXFormatError(
-            f"{labels_path} holds labels in [{labels.min()}, {labels.max()}]; Fashion-MNIST labels are 0..9. "
-            f"{_REFETCH_HINT}"
-        )
+def _read_split(images_path: Path, labels_path: Path, expected: int | None) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = read_idx(images_path, expected_ndim=3), read_idx(labels_path, expected_ndim=1)
+    problem = None
+    if images.dtype != np.uint8 or images.shape[1:] != (28, 28):
+        problem = f"{images_path} holds {images.dtype} images of shape {images.shape[1:]}, not uint8 28x28"
+    elif len(images) != len(labels):
+        problem = f"{images_path} holds {len(images):,} images but {labels_path} {len(labels):,} labels"
+    elif expected is not None and len(images) != expected:
+        problem = f"{images_path} holds {len(images):,} images; Fashion-MNIST's split has {expected:,}"
+    elif len(labels) and labels.max() >= len(FASHION_MNIST_LABELS):
+        problem = f"{labels_path} holds labels up to {labels.max()}; Fashion-MNIST's are 0..9"
+    if problem:
+        raise IDXFormatError(f"{problem}. {_REFETCH}")
     return images, labels
 
 
-def _default_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    import datasets.config
-
-    return Path(datasets.config.HF_DATASETS_CACHE)
+def _idx_examples(images_path: str, labels_path: str, expected: int | None, md5: str):
+    # `md5` only keys datasets' cache of this generator to the files' content.
+    images, labels = _read_split(Path(images_path), Path(labels_path), expected)
+    for image, label in zip(images, labels):
+        yield {"image": image, "label": int(label)}
 
 
 def load_local_fashion_mnist(
-    data_dir: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    expected_counts: dict[str, int] | None = FASHION_MNIST_SPLIT_SIZES,
-    use_cache: bool = True,
+    data_dir: str | os.PathLike | None = None, cache_dir: str | None = None, check_counts: bool = True
 ) -> DatasetDict:
-    """Fashion-MNIST from local IDX files as a ``DatasetDict`` in the Hub's schema.
+    """Fashion-MNIST from local IDX files as ``DatasetDict(train, test)`` with the Hub's features.
 
-    The first call validates and converts the files (a few seconds for 70,000 images) and saves the result
-    atomically under ``<cache_dir>/hf_vit_d2l_fashion_mnist/<md5 of the files>``; later calls memory-map it.
-
-    Args:
-        data_dir: folder with the four IDX files; defaults to :data:`DEFAULT_DATA_DIR`.
-        cache_dir: datasets cache root; defaults to ``datasets.config.HF_DATASETS_CACHE``.
-        expected_counts: images per split to insist on (Fashion-MNIST's 60,000/10,000); None accepts any count.
-        use_cache: False converts every time and writes nothing.
+    The first call validates and converts the files (seconds); datasets caches the result, so later calls load
+    it from the cache. ``check_counts=False`` accepts splits of any size (slices of the real files, in tests).
     """
     data_dir = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR)
     files = find_fashion_mnist_files(data_dir)
     if files is None:
-        raise DataUnavailableError(_missing_files_message(data_dir) + " " + _how_to_get_data())
-    digest = hashlib.md5(_CACHE_FORMAT_VERSION.encode())
-    for split in sorted(files):
-        for path in files[split]:
-            with open(path, "rb") as f:
-                digest.update(hashlib.md5(f.read()).digest())
-    cache_path = _default_cache_dir(cache_dir) / "hf_vit_d2l_fashion_mnist" / digest.hexdigest()
-    if use_cache and (cache_path / "dataset_dict.json").is_file():
-        try:
-            cached = load_from_disk(str(cache_path))
-            if isinstance(cached, DatasetDict) and set(cached) == set(files):
-                return _tag(cached, data_dir)
-        except Exception as err:  # a damaged cache is rebuilt, never trusted
-            logger.warning("Ignoring unreadable Fashion-MNIST cache %s (%s); rebuilding it.", cache_path, err)
+        where = f"{data_dir} holds {sorted(p.name for p in data_dir.iterdir())}" if data_dir.is_dir() else "none"
+        raise DataUnavailableError(
+            f"The four Fashion-MNIST IDX files ({', '.join(s + '.gz' for v in IDX_FILES.values() for s in v)}) are "
+            f"not in {data_dir} ({where}). {how_to_get_data()}"
+        )
     splits = {}
     for split, (images_path, labels_path) in files.items():
-        count = None if expected_counts is None else expected_counts.get(split)
-        images, labels = _read_split(images_path, labels_path, count)
-        splits[split] = _arrays_to_dataset(images, labels, split)
-    dataset = DatasetDict({"train": splits["train"], "test": splits["test"]})
-    if not use_cache:
-        return _tag(dataset, data_dir)
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{cache_path.name}.", dir=cache_path.parent))
-    try:
-        dataset.save_to_disk(str(staging))
+        md5 = hashlib.md5(images_path.read_bytes() + labels_path.read_bytes()).hexdigest()
+        kwargs = {"images_path": str(images_path), "labels_path": str(labels_path), "md5": md5}
+        kwargs["expected"] = SPLIT_SIZES[split] if check_counts else None
         try:
-            os.replace(staging, cache_path)
-        except OSError:  # another process finished first (or a stale folder is there): keep a complete one
-            if (cache_path / "dataset_dict.json").is_file():
-                shutil.rmtree(staging, ignore_errors=True)
-            else:
-                shutil.rmtree(cache_path, ignore_errors=True)
-                os.replace(staging, cache_path)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return _tag(load_from_disk(str(cache_path)), data_dir)
+            splits[split] = Dataset.from_generator(
+                _idx_examples, features=fashion_mnist_features(), gen_kwargs=kwargs, cache_dir=cache_dir, split=split
+            )
+        except DatasetGenerationError as err:  # datasets wraps what the generator raised
+            raise (err.__cause__ if isinstance(err.__cause__, IDXFormatError) else err) from None
+    return DatasetDict(splits)
 
 
-def _tag(dataset: DatasetDict, data_dir: Path) -> DatasetDict:
-    # Where the data came from, for run_info.json / model cards (`getattr(dataset, "_hf_vit_d2l_source", None)`).
-    dataset._hf_vit_d2l_source = f"local:{data_dir}"
-    return dataset
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The Hub, reachability, installing the Debian package
-# --------------------------------------------------------------------------------------------------------------
-
-
-def hub_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` (or its alias ``HF_DATASETS_OFFLINE``) asks for offline mode."""
-    return any(
-        os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
-        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
-
-
-def _datasets_offline() -> bool:
-    """Whether `datasets` itself runs offline (it reads HF_HUB_OFFLINE at import), so `load_dataset` cannot hang."""
-    import datasets.config
-
-    return bool(datasets.config.HF_HUB_OFFLINE)
-
-
-def hub_is_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hub's API answers for Fashion-MNIST with a success status within ``timeout`` seconds.
-
-    An HTTP HEAD of ``<HF_ENDPOINT>/api/datasets/zalando-datasets/fashion_mnist`` (proxies honoured); only a 2xx
-    answer counts, so a captive portal or an intercepting gateway that answers every address with an error is
-    "unreachable". Runs in a daemon thread and gives up after ``timeout`` (DNS look-ups ignore socket time-outs),
-    so a dead network costs at most ``timeout`` seconds instead of the ~24 s that ``load_dataset`` waits.
-    """
-    from huggingface_hub import constants
-
-    endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
-    url = f"{endpoint}/api/datasets/{HUB_DATASET_ID}"
-    answer: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout) as response:
-                answer.append(200 <= response.status < 300)
-        except Exception:  # HTTPError (4xx/5xx), URLError, time-out, TLS errors
-            answer.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(answer and answer[0])
-
-
-def _how_to_get_data() -> str:
-    sudo = "" if hasattr(os, "geteuid") and os.geteuid() == 0 else "sudo "
+def how_to_get_data() -> str:
     return (
-        "To get Fashion-MNIST, do one of: (1) on Debian/Ubuntu run "
-        f"`{sudo}apt-get install {DEBIAN_PACKAGE}` (files land in {DEFAULT_DATA_DIR}, found automatically); "
-        "(2) pass --data_dir pointing to a folder with the four IDX files "
-        "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
-        "t10k-labels-idx1-ubyte.gz from https://github.com/zalandoresearch/fashion-mnist); "
-        f"(3) give this machine network access to the Hugging Face Hub ({HUB_DATASET_ID}), or, if it was "
-        "downloaded before, set HF_HUB_OFFLINE=1 to use the cached copy."
+        f"To get Fashion-MNIST: on Debian/Ubuntu run `{INSTALL_COMMAND}` (the files land in {DEFAULT_DATA_DIR} and "
+        "are found automatically); or pass --data_dir with a folder holding the four IDX files from "
+        f"https://github.com/zalandoresearch/fashion-mnist; or give this machine access to the Hub ({HUB_DATASET_ID})."
     )
 
 
-def _run_command(command: list[str]) -> int:
-    """Run a command, streaming its output; returns its exit status (a seam for tests)."""
-    return subprocess.run(command, check=False).returncode
-
-
-def _is_debian_based() -> bool:
-    return Path("/etc/debian_version").is_file() and shutil.which("apt-get") is not None
-
-
-def ensure_local_fashion_mnist(auto_install: bool = False, data_dir: str | os.PathLike | None = None) -> Path:
-    """Return a folder holding the Fashion-MNIST IDX files, installing Debian's package if allowed and needed.
-
-    With ``auto_install=True``, running as root on a Debian-based system without the files, it runs
-    ``apt-get update && apt-get install -y dataset-fashion-mnist`` (saying so in the log). Otherwise it raises
-    :class:`DataUnavailableError` whose message gives the one command to run.
-    """
-    target = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR)
-    if find_fashion_mnist_files(target) is not None:
-        return target
-    is_root = hasattr(os, "geteuid") and os.geteuid() == 0
-    if auto_install and is_root and _is_debian_based() and data_dir in (None, DEFAULT_DATA_DIR):
-        logger.warning("Fashion-MNIST not found locally; installing it: %s", INSTALL_COMMAND)
-        for command in (["apt-get", "update"], ["apt-get", "install", "-y", DEBIAN_PACKAGE]):
-            status = _run_command(command)
-            if status != 0:
-                raise DataUnavailableError(
-                    f"`{' '.join(command)}` failed with exit status {status}. " + _how_to_get_data()
-                )
-        if find_fashion_mnist_files(target) is not None:
-            return target
-        raise DataUnavailableError(
-            f"`{INSTALL_COMMAND}` succeeded but the files are not in {target}. " + _how_to_get_data()
-        )
-    if auto_install and not is_root and _is_debian_based():
-        reason = f"Not running as root, so not installing it. Run: `sudo apt-get install -y {DEBIAN_PACKAGE}`. "
-    elif auto_install:
-        reason = "This is not a Debian-based system (no apt-get), so it cannot be installed automatically. "
-    else:
-        reason = ""
-    raise DataUnavailableError(_missing_files_message(target) + " " + reason + _how_to_get_data())
-
-
-def _load_hub_fashion_mnist(cache_dir: str | os.PathLike | None) -> DatasetDict:
-    try:
-        dataset = load_dataset(HUB_DATASET_ID, cache_dir=None if cache_dir is None else str(cache_dir))
-    except Exception as err:
-        raise DataUnavailableError(
-            f"Could not load {HUB_DATASET_ID} from the Hub ({type(err).__name__}: {err}). " + _how_to_get_data()
-        ) from err
-    missing = {"train", "test"} - set(dataset)
-    if missing:
-        raise DataUnavailableError(f"{HUB_DATASET_ID} came without the split(s) {sorted(missing)}.")
-    dataset = DatasetDict({"train": dataset["train"], "test": dataset["test"]})
-    dataset._hf_vit_d2l_source = f"hub:{HUB_DATASET_ID}"
-    return dataset
-
-
-def load_fashion_mnist(
-    source: str = "auto",
-    data_dir: str | os.PathLike | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    auto_install: bool = False,
-    hub_timeout: float = 3.0,
-) -> DatasetDict:
-    """Fashion-MNIST as ``DatasetDict(train=60,000, test=10,000)`` with the Hub's features.
-
-    Args:
-        source: ``"hub"`` (``zalando-datasets/fashion_mnist``), ``"local"`` (IDX files in ``data_dir`` or
-            :data:`DEFAULT_DATA_DIR`) or ``"auto"``: ``data_dir`` if given; else the Hub when online and reachable;
-            else the local copy (one log line says so); else, with ``auto_install``, Debian's package
-            (see :func:`ensure_local_fashion_mnist`); else, offline, the datasets cache; else
-            :class:`DataUnavailableError`.
-        data_dir: folder with the four IDX files (``.gz`` or raw).
-        cache_dir: datasets cache root (for both the Hub download and the converted local copy).
-        auto_install: allow ``apt-get install dataset-fashion-mnist`` when running as root on Debian/Ubuntu.
-        hub_timeout: seconds to wait for the Hub reachability probe.
-
-    Raises:
-        DataUnavailableError: no source is available; the message says how to get the data.
-        IDXFormatError: local files are corrupt or truncated.
-    """
+def _fashion_mnist_with_source(source: str, data_dir, cache_dir) -> tuple[DatasetDict, str]:
     if source not in ("auto", "hub", "local"):
-        raise ValueError(f"source must be 'auto', 'hub' or 'local', got {source!r}.")
+        raise ValueError(f"--data_source {source!r}: use 'auto', 'hub' or 'local'.")
     if source == "local" or (source == "auto" and data_dir is not None):
-        return load_local_fashion_mnist(data_dir, cache_dir=cache_dir)
-    offline = hub_offline()
-    if source == "hub":
-        if _datasets_offline():
-            return _load_hub_fashion_mnist(cache_dir)  # the datasets cache only; fails at once when not cached
-        if offline or not hub_is_reachable(hub_timeout):
-            why = (
-                "HF_HUB_OFFLINE is set"
-                if offline
-                else f"the Hugging Face Hub is not reachable ({hub_timeout:g} s probe)"
-            )
+        return load_local_fashion_mnist(data_dir, cache_dir), f"local IDX files in {data_dir or DEFAULT_DATA_DIR}"
+    if source == "hub" or hub_available():
+        try:
+            dataset = load_dataset(HUB_DATASET_ID, cache_dir=cache_dir)
+        except Exception as err:  # offline without a cached copy, or the Hub refused
             raise DataUnavailableError(
-                f"{why}, so {HUB_DATASET_ID} cannot be downloaded. Use --data_source local (or auto) with local IDX "
-                "files. " + _how_to_get_data()
-            )
-        return _load_hub_fashion_mnist(cache_dir)
-    if not offline and hub_is_reachable(hub_timeout):
-        return _load_hub_fashion_mnist(cache_dir)
-    reason = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub is not reachable"
-    local = find_fashion_mnist_files(DEFAULT_DATA_DIR)
-    if local is None and auto_install:
-        try:
-            ensure_local_fashion_mnist(auto_install=True)
-            local = find_fashion_mnist_files(DEFAULT_DATA_DIR)
-        except DataUnavailableError:
-            if not offline:
-                raise
-    if local is not None:
-        logger.warning(
-            "%s; loading Fashion-MNIST from the local IDX files in %s.",
-            reason[0].upper() + reason[1:],
-            DEFAULT_DATA_DIR,
-        )
-        return load_local_fashion_mnist(DEFAULT_DATA_DIR, cache_dir=cache_dir)
-    if _datasets_offline():
-        try:
-            return _load_hub_fashion_mnist(cache_dir)  # fails at once when not cached
-        except DataUnavailableError:
-            pass
-    raise DataUnavailableError(
-        f"Fashion-MNIST is not available: {reason} and there is no local copy in {DEFAULT_DATA_DIR}. "
-        + _how_to_get_data()
-    )
+                f"Cannot load {HUB_DATASET_ID} ({type(err).__name__}: {err}). " + how_to_get_data()
+            ) from None
+        return DatasetDict(train=dataset["train"], test=dataset["test"]), f"the Hub ({HUB_DATASET_ID})"
+    if find_fashion_mnist_files(DEFAULT_DATA_DIR) is not None:
+        logger.warning("The Hub is not reachable; loading Fashion-MNIST from the IDX files in %s.", DEFAULT_DATA_DIR)
+        return load_local_fashion_mnist(DEFAULT_DATA_DIR, cache_dir), f"local IDX files in {DEFAULT_DATA_DIR}"
+    try:  # in offline mode, a Hub copy downloaded earlier from the datasets cache (fails at once when there is none)
+        if not datasets.config.HF_HUB_OFFLINE:
+            raise FileNotFoundError
+        dataset = load_dataset(HUB_DATASET_ID, cache_dir=cache_dir)
+        return DatasetDict(train=dataset["train"], test=dataset["test"]), f"the datasets cache ({HUB_DATASET_ID})"
+    except Exception:
+        raise DataUnavailableError(
+            f"Fashion-MNIST is not available: the Hub is not reachable and {DEFAULT_DATA_DIR} holds no copy. "
+            + how_to_get_data()
+        ) from None
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Any image-classification dataset
-# --------------------------------------------------------------------------------------------------------------
+def load_fashion_mnist(source: str = "auto", data_dir=None, cache_dir: str | None = None) -> DatasetDict:
+    """Fashion-MNIST as ``DatasetDict(train=60,000, test=10,000)`` with the Hub's features, from the first source
+    available (module docstring); ``source="hub"`` or ``"local"`` forces one."""
+    return _fashion_mnist_with_source(source, data_dir, cache_dir)[0]
 
 
-def _ensure_class_label(dataset: DatasetDict) -> DatasetDict:
-    feature = dataset["train"].features["label"]
-    if isinstance(feature, ClassLabel):
-        return dataset
-    values = set()
-    for split in dataset.values():
-        values.update(split.unique("label"))
-    if feature.dtype.startswith(("int", "uint")):
-        if min(values) < 0:
-            raise ValueError(f"Integer labels must be >= 0, found {min(values)}.")
-        names = [str(i) for i in range(max(values) + 1)]
-        return dataset.cast_column("label", ClassLabel(names=names))
-    names = sorted(str(v) for v in values)
-    index = {name: i for i, name in enumerate(names)}
-    features = Features({**dataset["train"].features, "label": ClassLabel(names=names)})
-    return dataset.map(
-        lambda batch: {"label": [index[str(v)] for v in batch["label"]]}, batched=True, features=features
-    )
+# ----------------------------------------------------------------------------------------- any image dataset
 
 
-def _standardise_columns(dataset: DatasetDict, image_column_name: str, label_column_name: str) -> DatasetDict:
-    columns = dataset["train"].column_names
-    for flag, name in (("--image_column_name", image_column_name), ("--label_column_name", label_column_name)):
-        if name not in columns:
-            raise ValueError(
-                f"The dataset has no column {name!r}; its columns are {columns}. Pass {flag} with the name of "
-                f"the {'image' if 'image' in flag else 'label'} column."
-            )
-    for split_name, split in dataset.items():
-        missing = {image_column_name, label_column_name} - set(split.column_names)
-        if missing:
-            raise ValueError(
-                f"Split {split_name!r} lacks the column(s) {sorted(missing)}; it has {split.column_names}."
-            )
-    dataset = DatasetDict({k: v.select_columns([image_column_name, label_column_name]) for k, v in dataset.items()})
-    renames = {old: new for old, new in ((image_column_name, "image"), (label_column_name, "label")) if old != new}
-    if renames:
-        dataset = dataset.rename_columns(renames)
+def _standardise(dataset: DatasetDict, image_column: str, label_column: str) -> DatasetDict:
+    """Columns renamed to ``image``/``label`` (others dropped), images as ``Image()``, labels as a ``ClassLabel``."""
+    for name, split in dataset.items():
+        for flag, column in (("--image_column_name", image_column), ("--label_column_name", label_column)):
+            if column not in split.column_names:
+                raise ValueError(
+                    f"Split {name!r} has no column {column!r}; its columns are {split.column_names}. Pass {flag} "
+                    "with the right name."
+                )
+    dataset = dataset.select_columns([image_column, label_column])
+    renames = {old: new for old, new in ((image_column, "image"), (label_column, "label")) if old != new}
+    dataset = dataset.rename_columns(renames) if renames else dataset
     if not isinstance(dataset["train"].features["image"], Image):
-        try:
-            dataset = dataset.cast_column("image", Image())
-        except Exception as err:
-            raise ValueError(
-                f"Column {image_column_name!r} holds {dataset['train'].features['image']}, not images, and cannot "
-                f"be cast to datasets.Image ({err}). Pass --image_column_name with the image column."
-            ) from err
-    return _ensure_class_label(dataset)
+        dataset = dataset.cast_column("image", Image())
+    if not isinstance(dataset["train"].features["label"], ClassLabel):
+        # One ClassLabel over all splits (DatasetDict.class_encode_column would encode each split on its own).
+        values = sorted({value for split in dataset.values() for value in split.unique("label")})
+        names = ClassLabel(names=[str(value) for value in values])
+        dataset = dataset.cast_column("label", Value("string")).cast_column("label", names)
+    return dataset
 
 
 def load_image_classification_dataset(
     dataset_name: str | None = None,
     dataset_config_name: str | None = None,
-    train_dir: str | os.PathLike | None = None,
-    validation_dir: str | os.PathLike | None = None,
-    data_dir: str | os.PathLike | None = None,
+    train_dir: str | None = None,
+    validation_dir: str | None = None,
+    data_dir: str | None = None,
     image_column_name: str = "image",
     label_column_name: str = "label",
-    data_files: str | Sequence[str] | dict | None = None,
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | None = None,
     source: str = "auto",
-    auto_install: bool = False,
-    train_val_split: float = 0.15,
     seed: int = 42,
-) -> DatasetDict:
-    """Any image-classification dataset as ``DatasetDict(train, test)`` with columns ``image`` and ``label``.
+) -> tuple[DatasetDict, str]:
+    """Any image-classification dataset as ``(DatasetDict(train, test), description of the source)``.
 
-    * no ``dataset_name`` (or a Fashion-MNIST name) and no ``train_dir``: :func:`load_fashion_mnist` with
-      ``source``, ``data_dir`` (IDX folder), ``cache_dir`` and ``auto_install``;
-    * ``train_dir`` / ``validation_dir``: image folders (``<dir>/<class name>/<image>``) through
-      ``load_dataset("imagefolder", data_files=...)``; labels are the folder names;
-    * otherwise ``load_dataset(dataset_name, dataset_config_name, data_dir=..., data_files=...)``: a Hub id, a
-      local folder of parquet/arrow/csv files, or a packaged builder such as ``"parquet"`` with ``data_files``.
-
-    The image and label columns are renamed to ``image``/``label`` and the others dropped; labels that are not a
-    ``ClassLabel`` become one (integers keep their values, strings are sorted). The evaluation split is ``test``;
-    where a dataset has only ``validation`` it becomes ``test``, and where it has neither, a stratified
-    ``train_val_split`` fraction of ``train`` is held out (seeded) and logged.
-
-    Raises:
-        ValueError: a column is missing (the message lists the columns and the flag to pass), conflicting sources.
-        DataUnavailableError: the data cannot be found or fetched.
+    Fashion-MNIST by default (:func:`load_fashion_mnist`); ``train_dir``/``validation_dir``: image folders
+    (``<dir>/<class>/<image>``); else ``load_dataset(dataset_name, ...)`` (a Hub id, a local folder or a packaged
+    builder). The evaluation split is ``test``, else ``validation``, else a stratified, seeded 15% of train.
     """
     if (train_dir or validation_dir) and dataset_name:
         raise ValueError("Pass either --dataset_name or --train_dir/--validation_dir, not both.")
     if train_dir or validation_dir:
-        if not train_dir:
+        folders = {"train": train_dir, "validation": validation_dir}
+        for split, folder in folders.items():
+            if folder is not None and not Path(folder).is_dir():
+                raise DataUnavailableError(f"--{split}_dir {folder}: no such folder.")
+        if train_dir is None:
             raise ValueError("--validation_dir needs --train_dir as well.")
-        files = {}
-        for split, folder in (("train", train_dir), ("validation", validation_dir)):
-            if folder is None:
-                continue
-            if not Path(folder).is_dir():
-                raise DataUnavailableError(f"Image folder {folder} (--{split}_dir) does not exist.")
-            files[split] = os.path.join(str(folder), "**")
-        dataset = load_dataset(
-            "imagefolder", data_files=files, cache_dir=None if cache_dir is None else str(cache_dir)
-        )
-    elif (dataset_name is None or dataset_name in FASHION_MNIST_NAMES) and data_files is None:
-        dataset = load_fashion_mnist(source=source, data_dir=data_dir, cache_dir=cache_dir, auto_install=auto_install)
+        files = {split: os.path.join(folder, "**") for split, folder in folders.items() if folder}
+        dataset, description = load_dataset("imagefolder", data_files=files, cache_dir=cache_dir), train_dir
+    elif dataset_name is None or dataset_name in FASHION_MNIST_NAMES:
+        dataset, description = _fashion_mnist_with_source(source, data_dir, cache_dir)
     else:
-        is_local = dataset_name in _PACKAGED_BUILDERS or Path(dataset_name).exists()
-        if not is_local and not hub_offline() and not hub_is_reachable():
+        if not Path(dataset_name).exists() and not hub_available():
             raise DataUnavailableError(
-                f"{dataset_name!r} is not a local path and the Hugging Face Hub is not reachable. Give a "
-                "local folder, use data_files with a packaged builder (e.g. parquet), or set HF_HUB_OFFLINE=1 to "
-                "use a cached copy."
+                f"--dataset_name {dataset_name!r} is not a local path and the Hub is not reachable. Give a local "
+                "folder (parquet/arrow/csv or image folders), or set HF_HUB_OFFLINE=1 to use a cached copy."
             )
         try:
-            dataset = load_dataset(
-                dataset_name,
-                dataset_config_name,
-                data_dir=None if data_dir is None else str(data_dir),
-                data_files=data_files,
-                cache_dir=None if cache_dir is None else str(cache_dir),
-            )
+            dataset = load_dataset(dataset_name, dataset_config_name, data_dir=data_dir, cache_dir=cache_dir)
         except (FileNotFoundError, ConnectionError) as err:
-            raise DataUnavailableError(f"Could not load dataset {dataset_name!r}: {err}") from err
-    if not isinstance(dataset, DatasetDict):
-        dataset = DatasetDict({"train": dataset})
+            raise DataUnavailableError(f"Cannot load dataset {dataset_name!r}: {err}") from None
+        description = dataset_name
     if "train" not in dataset:
         raise ValueError(f"The dataset has no 'train' split; its splits are {list(dataset)}.")
-    if "test" not in dataset and "validation" in dataset:
-        dataset = DatasetDict({"train": dataset["train"], "test": dataset["validation"]})
-    dataset = _standardise_columns(
-        DatasetDict({k: v for k, v in dataset.items() if k in ("train", "test")}), image_column_name, label_column_name
+    evaluation = "test" if "test" in dataset else "validation" if "validation" in dataset else None
+    dataset = _standardise(
+        DatasetDict({k: dataset[k] for k in ("train", evaluation) if k}), image_column_name, label_column_name
     )
-    if "test" not in dataset:
-        logger.warning(
-            "The dataset has no test or validation split; holding out %.0f%% of train as test (seed %d).",
-            100 * train_val_split,
-            seed,
-        )
-        held = train_validation_split(dataset["train"], validation_size=train_val_split, seed=seed)
-        dataset = DatasetDict({"train": held["train"], "test": held["validation"]})
-    return DatasetDict({"train": dataset["train"], "test": dataset["test"]})
+    if evaluation is None:
+        logger.warning("The dataset has no test or validation split: holding out 15%% of train (seed %d).", seed)
+        held = train_validation_split(dataset["train"], 0.15, seed)
+        return DatasetDict(train=held["train"], test=held["validation"]), description
+    return DatasetDict(train=dataset["train"], test=dataset[evaluation]), description
 
 
-# Fixed, so every tuning run (scripts/train.py --validation_size, scripts/sweep.py) holds out the same images.
-VALIDATION_SEED = 42
-
-
-def train_validation_split(
-    dataset: Dataset | DatasetDict,
-    validation_size: int | float = 5000,
-    seed: int = VALIDATION_SEED,
-    stratify: bool = True,
-) -> DatasetDict:
-    """Split a training set into ``train`` and ``validation`` (for hyper-parameter search without the test set).
-
-    Stratified by ``label`` when it is a ``ClassLabel`` (each class keeps its share), seeded, deterministic. A
-    ``DatasetDict`` is split through its ``train`` split. ``validation_size`` is a count or a fraction.
-    """
-    if isinstance(dataset, DatasetDict):
-        dataset = dataset["train"]
-    stratify_by = "label" if stratify and isinstance(dataset.features.get("label"), ClassLabel) else None
+def train_validation_split(dataset: Dataset, validation_size: int | float = 5000, seed: int = VALIDATION_SEED):
+    """``DatasetDict(train, validation)`` from a training set: stratified by ``label``, seeded, deterministic."""
     try:
-        parts = dataset.train_test_split(test_size=validation_size, seed=seed, stratify_by_column=stratify_by)
+        parts = dataset.train_test_split(test_size=validation_size, seed=seed, stratify_by_column="label")
     except ValueError as err:  # e.g. "The test_size = 1 should be greater or equal to the number of classes = 2"
-        classes = len(dataset.features["label"].names) if stratify_by else None
         raise ValueError(
-            f"Cannot hold out {validation_size} of {len(dataset)} training images"
-            + (f" stratified over {classes} classes" if classes else "")
-            + f" ({err}). Use more images, or give an evaluation set (--validation_dir, or a dataset with a test or "
-            "validation split)."
+            f"Cannot hold out {validation_size} of {len(dataset)} training images stratified over "
+            f"{dataset.features['label'].num_classes} classes ({err}). Use more images, or give an evaluation set "
+            "(--validation_dir, or a dataset with a test or validation split)."
         ) from None
-    return DatasetDict({"train": parts["train"], "validation": parts["test"]})
+    return DatasetDict(train=parts["train"], validation=parts["test"])
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Preprocessing: collator, augmentation, transforms
-# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class DataArguments:
+    """Where the images come from and how they are preprocessed. Default: Fashion-MNIST, the book's transform."""
+
+    data_source: str = field(default="auto", metadata={"help": "Fashion-MNIST source: 'auto', 'hub' or 'local'."})
+    data_dir: str | None = field(
+        default=None, metadata={"help": f"Folder with the four Fashion-MNIST IDX files. Default: {DEFAULT_DATA_DIR}"}
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Another dataset with image and label columns: a Hub id or a local folder."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's config (subset) name."})
+    train_dir: str | None = field(default=None, metadata={"help": "An image folder (one sub-folder per class)."})
+    validation_dir: str | None = field(default=None, metadata={"help": "An image folder for evaluation."})
+    image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
+    label_column_name: str = field(default="label", metadata={"help": "Column holding the class labels."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on a seeded subset of this size."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on a seeded subset of this size."})
+    validation_size: float | None = field(
+        default=None,
+        metadata={
+            "help": "Hold out this many training images (or this fraction, if < 1), stratified, seed 42, as the "
+            "evaluation set, for choosing hyper-parameters without the test split."
+        },
+    )
+    augmentation: str = field(
+        default="none", metadata={"help": "'none' (the book) or 'improved' (random crop, flip, random erasing)."}
+    )
+    crop_padding: int | None = field(
+        default=None, metadata={"help": "Random-crop padding in pixels (0: no crop). Default: 4/28 of the height."}
+    )
+    erasing_prob: float = field(default=0.25, metadata={"help": "Random-erasing probability (improved)."})
+    normalize: bool = field(default=False, metadata={"help": "Normalise with Fashion-MNIST's mean and std."})
+    preprocessing_backend: str = field(
+        default="pil",
+        metadata={"help": "'pil' (the image processor, as at inference) or 'tensor' (batched torch resize)."},
+    )
+    preload_images: bool = field(
+        default=False, metadata={"help": "Decode all images once into memory instead of every epoch."}
+    )
+
+    def __post_init__(self):
+        if self.preprocessing_backend not in BACKENDS:
+            raise ValueError(f"--preprocessing_backend {self.preprocessing_backend!r}: use one of {BACKENDS}.")
+        if self.augmentation not in ("none", "improved"):
+            raise ValueError(f"--augmentation {self.augmentation!r}: use 'none' or 'improved'.")
+        if self.crop_padding is not None and self.crop_padding < 0:
+            raise ValueError(f"--crop_padding must be >= 0 pixels (0: no crop), got {self.crop_padding}.")
+        size = self.validation_size
+        if size is not None and (size <= 0 or (size > 1 and size != int(size))):
+            raise ValueError(f"--validation_size {size:g}: give a count of images (>= 1) or a fraction below 1.")
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}.")
+        if self.data_dir is not None and not os.path.isdir(self.data_dir):
+            raise ValueError(f"--data_dir {self.data_dir}: no such folder. {how_to_get_data()}")
 
 
-def _processor_size(image_processor) -> tuple[int, int] | None:
-    if not getattr(image_processor, "do_resize", True):
+def _subset(dataset: Dataset, count: int | None, seed: int) -> Dataset:
+    return dataset if count is None or count >= len(dataset) else dataset.shuffle(seed=seed).select(range(count))
+
+
+def load_splits(args: DataArguments, seed: int = 42, cache_dir: str | None = None):
+    """``(train, evaluation, label_names, description)`` for a run: the test split, or with ``validation_size``
+    the held-out training images; ``max_*_samples`` subsets (seeded)."""
+    dataset, description = load_image_classification_dataset(
+        args.dataset_name,
+        args.dataset_config_name,
+        args.train_dir,
+        args.validation_dir,
+        args.data_dir,
+        args.image_column_name,
+        args.label_column_name,
+        cache_dir=cache_dir,
+        source=args.data_source,
+        seed=seed,
+    )
+    train, evaluation = dataset["train"], dataset["test"]
+    if args.validation_size is not None:
+        size = args.validation_size
+        count = round(size * len(train)) if size < 1 else int(size)
+        if not 0 < count < len(train):
+            raise ValueError(f"--validation_size {size:g}: hold out between 1 and {len(train) - 1} images.")
+        parts = train_validation_split(train, count, VALIDATION_SEED)
+        train, evaluation = parts["train"], parts["validation"]
+        description += f", evaluated on {count} held-out training images (seed {VALIDATION_SEED})"
+    label_names = list(train.features["label"].names)
+    return (
+        _subset(train, args.max_train_samples, seed),
+        _subset(evaluation, args.max_eval_samples, seed),
+        label_names,
+        description,
+    )
+
+
+def hub_dataset_id(args: DataArguments) -> str | None:
+    """The Hub id to name in a model card's metadata: Fashion-MNIST's whatever its source, else --dataset_name."""
+    if args.train_dir or args.validation_dir:
         return None
-    size = image_processor.size
-    height = size.get("height") if isinstance(size, dict) else getattr(size, "height", None)
-    width = size.get("width") if isinstance(size, dict) else getattr(size, "width", None)
-    if not (height and width):
-        raise ValueError(f"backend='tensor' needs an image processor size with height and width, got {size}.")
-    return int(height), int(width)
+    if args.dataset_name is None or args.dataset_name in FASHION_MNIST_NAMES:
+        return HUB_DATASET_ID
+    return None if Path(args.dataset_name).exists() else args.dataset_name
+
+
+# ---------------------------------------------------------------------------------------------- preprocessing
 
 
 class ImageClassificationCollator:
-    r"""Turns a list of ``{"image": PIL image or array, "label": int}`` examples into a model batch.
-
-    Returns ``{"pixel_values": float32 (B, C, H, W), "labels": int64 (B,)}``, preprocessed by the model's image
-    processor (the book's transform for :class:`ViTD2LImageProcessor`: bilinear resize to its ``size``, scale to
-    [0, 1], the model's channel count, optional normalisation).
+    r"""The model's image processor on a batch, as ``Dataset.set_transform(collator.transform)`` or as a
+    DataLoader ``collate_fn`` over rows ``{"image", "label"}``; returns ``{"pixel_values", "labels"}``.
 
     Args:
-        image_processor: the model's image processor.
-        image_column / label_column: keys of the examples.
-        augment: ``None`` or ``"book"`` (no augmentation, the book's transform) or ``"improved"``: random crop
-            with zero padding (``crop_padding`` pixels of the output, default 4/28 of its height: 4 px at 28, 14 px
-            at 96), horizontal flip (``flip_prob``), random erasing (``erasing_prob``, area 2-33%, aspect 0.3-3.3,
-            filled with 0, i.e. the mean when normalised, as torchvision's default), applied after the processor.
-        backend: ``"pil"`` (default) calls the image processor, bit-for-bit what inference sees. ``"tensor"``
-            takes the processor's uint8 arrays, stacks the batch and resizes it with
-            ``torch.nn.functional.interpolate`` (bilinear), rounds to uint8 levels as PIL does, then rescales and
-            normalises like the processor: within 1/255 of ``"pil"`` (max abs difference measured on Fashion-MNIST
-            28 -> 96 px: 1.00/255 on ~10% of the pixels, from PIL's fixed-point arithmetic; identical when no
-            resize is needed). Needs a bilinear processor without center crop.
-        antialias: for ``backend="tensor"``; None (default) antialiases only when shrinking, which is what PIL
-            does (when enlarging, antialiasing gives the same numbers 4-5x slower).
-        seed: seeds the augmentation generator (per DataLoader worker: ``seed + worker id``); None uses torch's
-            global RNG, which the Trainer's ``set_seed`` and DataLoader worker seeding make reproducible.
+        image_processor: the model's (the book's transform for `ViTD2LImageProcessor`).
+        augment: the improved recipes' augmentation after the processor: random crop with zero padding
+            (``crop_padding`` output pixels, default 4/28 of the height), horizontal flip (``flip_prob``), random
+            erasing (``erasing_prob``, area 2-33%, aspect 0.3-3.3, filled with 0), drawn from torch's global RNG,
+            which the Trainer seeds and its checkpoints restore.
+        backend: ``"pil"`` calls the image processor, bit for bit what inference sees. ``"tensor"`` stacks the
+            images as uint8 and resizes the batch with ``F.interpolate`` (bilinear, rounded to uint8 levels as PIL
+            does), then rescales and normalises like the processor: within 1/255 of ``"pil"``, identical without a
+            resize. For images of one size and a bilinear processor.
     """
 
     def __init__(
-        self,
-        image_processor,
-        image_column: str = "image",
-        label_column: str = "label",
-        augment: str | None = None,
-        backend: str = "pil",
-        crop_padding: int | None = None,
-        flip_prob: float = 0.5,
-        erasing_prob: float = 0.25,
-        antialias: bool | None = None,
-        seed: int | None = None,
+        self, image_processor, augment=False, backend="pil", crop_padding=None, flip_prob=0.5, erasing_prob=0.25
     ):
-        if augment not in (None, *AUGMENTATIONS):
-            raise ValueError(f"augment must be None, 'book' or 'improved', got {augment!r}.")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
-        if not (0.0 <= flip_prob <= 1.0 and 0.0 <= erasing_prob <= 1.0):
-            raise ValueError(f"flip_prob and erasing_prob must be in [0, 1], got {flip_prob} and {erasing_prob}.")
-        if crop_padding is not None and crop_padding < 0:
-            raise ValueError(f"crop_padding must be >= 0, got {crop_padding}.")
         self.image_processor = image_processor
-        self.image_column = image_column
-        self.label_column = label_column
-        self.augment = None if augment == "book" else augment
+        self.augment = augment
         self.backend = backend
         self.crop_padding = crop_padding
         self.flip_prob = flip_prob
         self.erasing_prob = erasing_prob
-        self.antialias = antialias
-        self.seed = seed
-        self._generator: torch.Generator | None = None
-        self._generator_worker: int | None = None
-        if backend == "tensor":
-            resample = getattr(image_processor, "resample", 2)
-            if int(resample) != 2:  # PILImageResampling.BILINEAR
-                raise ValueError(f"backend='tensor' reproduces bilinear resizing only; the processor uses {resample}.")
-            if getattr(image_processor, "do_center_crop", False):
-                raise ValueError("backend='tensor' does not implement center crop; use backend='pil'.")
-            self._size = _processor_size(image_processor)
 
-    # -- batch assembly ----------------------------------------------------------------------------------------
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        if not examples:
-            raise ValueError("Cannot collate an empty list of examples.")
-        first = examples[0]
-        label_key = self.label_column if self.label_column in first else "labels"
-        if self.image_column not in first or label_key not in first:
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        if not examples or "image" not in examples[0]:
+            keys = sorted(examples[0]) if examples else []
             raise ValueError(
-                f"Examples have the keys {sorted(first)}, expected {self.image_column!r} and {self.label_column!r}. "
-                "With the Trainer pass remove_unused_columns=False (--remove_unused_columns False), which otherwise "
-                "drops these columns because the model's forward() does not take them."
+                f"Examples have the keys {keys}, expected 'image' and 'label'. With the Trainer pass "
+                "--remove_unused_columns false, which otherwise drops the columns the model does not take."
             )
-        images = [example[self.image_column] for example in examples]
-        labels = torch.tensor([int(example[label_key]) for example in examples], dtype=torch.long)
-        return {"pixel_values": self.preprocess(images), "labels": labels}
+        labels = [example["label" if "label" in example else "labels"] for example in examples]
+        return self.transform({"image": [example["image"] for example in examples], "label": labels})
 
-    def preprocess(self, images: list) -> torch.Tensor:
-        """Images -> float32 (B, C, H, W), augmented if ``augment="improved"``."""
+    def transform(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Columns ``image`` and ``label`` -> ``pixel_values`` (B, C, H, W) float32 and ``labels`` (B,) int64."""
+        images = batch["image"]
         if self.backend == "pil":
-            pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"].float()
+            pixel_values = self.image_processor(list(images), return_tensors="pt")["pixel_values"].float()
         else:
             pixel_values = self._tensor_preprocess(images)
-        if self.augment == "improved":
+        if self.augment:
             pixel_values = self.augment_batch(pixel_values)
-        return pixel_values
+        return {"pixel_values": pixel_values, "labels": torch.as_tensor(np.asarray(batch["label"]), dtype=torch.long)}
 
-    def _tensor_preprocess(self, images: list) -> torch.Tensor:
+    def _tensor_preprocess(self, images) -> torch.Tensor:
         processor = self.image_processor
-        if (
-            getattr(processor, "num_channels", None) == 1
-            and all(isinstance(image, np.ndarray) and image.ndim == 2 and image.dtype == np.uint8 for image in images)
-            and len({image.shape for image in images}) == 1
-        ):
-            # Grayscale uint8 arrays of one size (PreloadedImageDataset rows): what process_image returns for each,
-            # (1, h, w) uint8, in one stack instead of a call per image.
-            is_uint8 = True
-            groups = [torch.from_numpy(np.stack(images)[:, None])]
-        else:
-            # The processor's own channel handling (mode conversion, alpha, RGB->L): (C, h, w) numpy per image.
-            arrays = [processor.process_image(image) for image in images]
-            is_uint8 = all(a.dtype == np.uint8 for a in arrays)
-            if len({a.shape for a in arrays}) == 1:
-                groups = [torch.from_numpy(np.stack(arrays))]
-            else:
-                groups = [torch.from_numpy(np.ascontiguousarray(a))[None] for a in arrays]
-        outputs = []
-        for batch in groups:
-            batch = batch.float()
-            if self._size is not None and tuple(batch.shape[-2:]) != self._size:
-                # Antialiasing matters only when shrinking (PIL widens its filter then); when enlarging it gives the
-                # same numbers as plain bilinear, 4-5x slower, so "auto" (None) uses it only to shrink.
-                antialias = self.antialias
-                if antialias is None:
-                    antialias = batch.shape[-2] > self._size[0] or batch.shape[-1] > self._size[1]
-                batch = F.interpolate(
-                    batch, size=self._size, mode="bilinear", align_corners=False, antialias=antialias
-                )
-                if is_uint8:  # PIL resizes 8-bit images in 8 bits
-                    batch = batch.round_().clamp_(0, 255)
-            outputs.append(batch)
-        pixel_values = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
-        if getattr(processor, "do_rescale", True):
-            # float64 product then float32, as transformers' `rescale`, so unresized images match bit for bit
-            pixel_values = (pixel_values.double() * float(processor.rescale_factor)).float()
-        if getattr(processor, "do_normalize", False):
+        mode = "L" if processor.num_channels == 1 else "RGB"
+        # PIL images take the processor's own rule (RGB as in `pipeline`, then luma); arrays are uint8 pixels.
+        if not isinstance(images, np.ndarray):
+            images = np.stack(
+                [np.asarray(i.convert("RGB").convert(mode) if hasattr(i, "convert") else i) for i in images]
+            )
+        batch = torch.from_numpy(images)
+        batch = (batch[:, None] if batch.dim() == 3 else batch.permute(0, 3, 1, 2)).float()
+        size = (processor.size["height"], processor.size["width"])
+        if processor.do_resize and tuple(batch.shape[-2:]) != size:
+            # PIL widens its filter only when shrinking; when enlarging antialias gives the same numbers, slower.
+            shrink = batch.shape[-2] > size[0] or batch.shape[-1] > size[1]
+            batch = F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+            batch = batch.round_().clamp_(0, 255)  # PIL resizes 8-bit images in 8 bits
+        if processor.do_rescale:  # float64 product then float32, as transformers' `rescale`: bit-identical
+            batch = (batch.double() * float(processor.rescale_factor)).float()
+        if processor.do_normalize:
             mean = torch.tensor(processor.image_mean, dtype=torch.float32).view(-1, 1, 1)
             std = torch.tensor(processor.image_std, dtype=torch.float32).view(-1, 1, 1)
-            pixel_values = (pixel_values - mean) / std
-        return pixel_values.contiguous()
-
-    # -- augmentation --------------------------------------------------------------------------------------------
-    def _rng(self) -> torch.Generator | None:
-        if self.seed is None:
-            return None
-        info = torch.utils.data.get_worker_info()
-        worker = -1 if info is None else info.id
-        if self._generator is None or self._generator_worker != worker:
-            self._generator = torch.Generator().manual_seed(self.seed + worker + 1)
-            self._generator_worker = worker
-        return self._generator
+            batch = (batch - mean) / std
+        return batch.contiguous()
 
     def _fill_value(self) -> float:
-        """The value of a black pixel in the output space (padding of the random crop)."""
-        if getattr(self.image_processor, "do_normalize", False):
-            mean = float(np.mean(self.image_processor.image_mean))
-            std = float(np.mean(self.image_processor.image_std))
-            return (0.0 - mean) / std
-        return 0.0
+        """A black pixel in the output space (the random crop's padding)."""
+        processor = self.image_processor
+        return (
+            -float(np.mean(processor.image_mean)) / float(np.mean(processor.image_std))
+            if processor.do_normalize
+            else 0.0
+        )
 
-    def augment_batch(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Random crop with padding, horizontal flip, random erasing on a (B, C, H, W) float batch.
-
-        ``generator``: draw from this generator instead of the collator's own (seeded) one.
-        """
-        g = generator if generator is not None else self._rng()
+    def augment_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Random crop with padding, horizontal flip and random erasing of a (B, C, H, W) batch."""
         batch, _, height, width = x.shape
         pad = self.crop_padding if self.crop_padding is not None else round(4 * height / 28)
         if pad > 0:
             padded = F.pad(x, (pad, pad, pad, pad), value=self._fill_value())
-            top = torch.randint(0, 2 * pad + 1, (batch,), generator=g)
-            left = torch.randint(0, 2 * pad + 1, (batch,), generator=g)
+            top, left = torch.randint(0, 2 * pad + 1, (2, batch))
             rows = (top[:, None] + torch.arange(height))[:, :, None]  # (B, H, 1)
             cols = (left[:, None] + torch.arange(width))[:, None, :]  # (B, 1, W)
-            index = torch.arange(batch)[:, None, None]
-            x = padded.permute(0, 2, 3, 1)[index, rows, cols].permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
+            x = padded.permute(0, 2, 3, 1)[torch.arange(batch)[:, None, None], rows, cols].permute(0, 3, 1, 2)
         if self.flip_prob > 0:
-            flip = torch.rand(batch, generator=g) < self.flip_prob
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            x = torch.where((torch.rand(batch) < self.flip_prob)[:, None, None, None], x.flip(-1), x)
         if self.erasing_prob > 0:
-            erase = torch.rand(batch, generator=g) < self.erasing_prob
-            area = height * width * (0.02 + 0.31 * torch.rand(batch, generator=g))
-            log_ratio = math.log(0.3) + (math.log(3.3) - math.log(0.3)) * torch.rand(batch, generator=g)
-            ratio = log_ratio.exp()
+            erase = torch.rand(batch) < self.erasing_prob
+            area = height * width * (0.02 + 0.31 * torch.rand(batch))
+            ratio = (math.log(0.3) + (math.log(3.3) - math.log(0.3)) * torch.rand(batch)).exp()
             h = (area * ratio).sqrt().round().clamp(1, height).long()
             w = (area / ratio).sqrt().round().clamp(1, width).long()
-            top = (torch.rand(batch, generator=g) * (height - h + 1)).floor().long()
-            left = (torch.rand(batch, generator=g) * (width - w + 1)).floor().long()
-            r = torch.arange(height)[None, :, None]
-            c = torch.arange(width)[None, None, :]
-            mask = (
-                (r >= top[:, None, None])
-                & (r < (top + h)[:, None, None])
-                & (c >= left[:, None, None])
-                & (c < (left + w)[:, None, None])
-                & erase[:, None, None]
-            )
-            x = x.masked_fill(mask[:, None], 0.0)
+            top = (torch.rand(batch) * (height - h + 1)).floor().long()[:, None, None]
+            left = (torch.rand(batch) * (width - w + 1)).floor().long()[:, None, None]
+            r, c = torch.arange(height)[None, :, None], torch.arange(width)[None, None, :]
+            mask = (r >= top) & (r < top + h[:, None, None]) & (c >= left) & (c < left + w[:, None, None])
+            x = x.masked_fill((mask & erase[:, None, None])[:, None], 0.0)
         return x.contiguous()
 
 
-class _BatchTransform:
-    """A picklable ``with_transform`` function: batch of columns -> ``pixel_values`` and ``labels``."""
-
-    def __init__(self, collator: ImageClassificationCollator):
-        self.collator = collator
-
-    def __call__(self, batch: dict[str, list]) -> dict[str, Any]:
-        images = batch[self.collator.image_column]
-        labels = batch.get(self.collator.label_column, batch.get("labels"))
-        if labels is None:
-            raise ValueError(f"The batch has columns {sorted(batch)}, no {self.collator.label_column!r}.")
-        return {"pixel_values": self.collator.preprocess(images), "labels": torch.as_tensor(labels, dtype=torch.long)}
-
-
-def with_image_transform(dataset: Dataset | DatasetDict, image_processor, **collator_kwargs) -> Dataset | DatasetDict:
-    """``dataset.with_transform`` that yields ``pixel_values``/``labels`` on access (the ``image`` column stays).
-
-    The alternative to :class:`ImageClassificationCollator` as ``data_collator``. Either way the Trainer must keep
-    the raw columns: ``TrainingArguments(remove_unused_columns=False)`` (see :func:`check_keeps_raw_columns`).
-    """
-    return dataset.with_transform(_BatchTransform(ImageClassificationCollator(image_processor, **collator_kwargs)))
-
-
-def check_keeps_raw_columns(training_args) -> None:
-    """Raise a clear ``ValueError`` if the Trainer would drop the ``image``/``label`` columns before preprocessing."""
-    if getattr(training_args, "remove_unused_columns", False):
-        raise ValueError(
-            "TrainingArguments.remove_unused_columns=True makes the Trainer drop the 'image' and 'label' columns "
-            "(the model's forward() takes pixel_values and labels) before the collator or transform sees them. "
-            "Pass --remove_unused_columns False."
-        )
-
-
-def decode_images(dataset: Dataset, image_column: str = "image", batch_size: int = 4096) -> np.ndarray:
-    """All images of a dataset as one uint8 array (N, H, W) or (N, H, W, C); they must share one size and mode."""
-    parts = []
-    for start in range(0, len(dataset), batch_size):
-        chunk = dataset[start : start + batch_size][image_column]
-        parts.append(np.stack([np.asarray(image) for image in chunk]))
-    return np.concatenate(parts) if parts else np.zeros((0,), dtype=np.uint8)
-
-
 class PreloadedImageDataset(torch.utils.data.Dataset):
-    """A dataset's images decoded once into one uint8 array; rows are ``{"image": ndarray, "label": int}``.
+    """A split's images decoded once into one uint8 array (``with_format("numpy")``), with a batch transform
+    applied on access as ``set_transform`` would, so every epoch skips PNG decoding. Same pixels, same batches."""
 
-    For the Trainer: each epoch otherwise decodes every PNG again and converts Arrow rows to Python (200 steps of
-    the quick recipe on 2 CPU cores: 20.3-21.8 s without, 17.9-19.3 s with preloading). The rows hold exactly the
-    pixels of the decoded images (a uint8 ``(H, W)`` or ``(H, W, C)`` array instead of a PIL image), which the image
-    processor and :class:`ImageClassificationCollator` turn into the same ``pixel_values`` as the PIL images
-    (tested). All images must share one size and mode. Memory: one byte per pixel and channel (60,000 x 28 x 28:
-    47 MB); more than ``max_bytes`` (4 GiB) is refused with an error that names the flag to turn preloading off.
-    """
-
-    def __init__(
-        self, dataset: Dataset, image_column: str = "image", label_column: str = "label", max_bytes: int = 4 * 2**30
-    ):
-        for column in (image_column, label_column):
-            if column not in dataset.column_names:
-                raise ValueError(f"Cannot preload: the dataset has no {column!r} column ({dataset.column_names}).")
-        if len(dataset):
-            first = np.asarray(dataset[0][image_column])
-            needed = len(dataset) * first.nbytes
-            if needed > max_bytes:
-                raise ValueError(
-                    f"Preloading {len(dataset):,} images of {first.shape} would take "
-                    f"{needed / 2**30:.1f} GiB of memory (limit {max_bytes / 2**30:.1f} GiB). Train without "
-                    "preloading (--preload_images false)."
-                )
-        try:
-            self.images = decode_images(dataset, image_column)
-        except ValueError as err:  # np.stack: images of different sizes or modes
+    def __init__(self, dataset: Dataset, transform, max_bytes: int = 4 * 2**30):
+        first = np.asarray(dataset[0]["image"]) if len(dataset) else np.zeros(0)
+        if len(dataset) * first.nbytes > max_bytes:
             raise ValueError(
-                f"Cannot preload the images into one array ({err}); they differ in size or mode. Train without "
-                "preloading (--preload_images false)."
-            ) from None
-        self.labels = np.asarray(dataset[label_column], dtype=np.int64)
-        self.image_column = image_column
-        self.label_column = label_column
-        self.features = dataset.features
+                f"Preloading {len(dataset):,} images of shape {first.shape} needs more than {max_bytes / 2**30:g} "
+                "GiB of memory. Train without --preload_images."
+            )
+        columns = dataset.with_format("numpy")[:]
+        self.images, self.labels = columns["image"], columns["label"]
+        if self.images.dtype == object:
+            raise ValueError("Cannot preload images of different sizes or modes. Train without --preload_images.")
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {self.image_column: self.images[index], self.label_column: int(self.labels[index])}
-
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+    def __getitems__(self, indices: list[int]) -> list[dict]:
         # The DataLoader fetches a whole batch with one call when the dataset has this method.
-        return [self[i] for i in indices]
+        batch = self.transform({"image": self.images[indices], "label": self.labels[indices]})
+        return [{key: value[i] for key, value in batch.items()} for i in range(len(indices))]
+
+    def __getitem__(self, index: int) -> dict:
+        return self.__getitems__([index])[0]
 
 
-def compute_mean_std(dataset: Dataset, image_column: str = "image") -> tuple[float, float]:
-    """Mean and standard deviation of all pixels, scaled to [0, 1] (for normalisation)."""
-    pixels = decode_images(dataset, image_column).astype(np.float64) / 255.0
-    return float(pixels.mean()), float(pixels.std())
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Pipeline throughput
-# --------------------------------------------------------------------------------------------------------------
-
-
-def measure_pipeline_throughput(
-    dataset: Dataset,
-    image_processor,
-    backend: str = "pil",
-    num_workers: int = 0,
-    batch_size: int = 128,
-    num_batches: int = 40,
-    warmup_batches: int = 2,
-    augment: str | None = None,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Images per second from a dataset to collated batches (DataLoader + :class:`ImageClassificationCollator`).
-
-    ``image_processor`` may also be a ready :class:`ImageClassificationCollator` (then ``backend``/``augment``
-    are its own).
-
-    Times ``num_batches`` batches after ``warmup_batches`` (which absorb worker start-up), with shuffling as in
-    training. Returns ``{"images_per_second", "images", "seconds", "backend", "num_workers", "batch_size",
-    "augment", "image_size", "torch_threads"}``.
-    """
-    if isinstance(image_processor, ImageClassificationCollator):  # a ready collator: measure it as it is
-        collator = image_processor
-        backend, augment = collator.backend, collator.augment
-    else:
-        collator = ImageClassificationCollator(image_processor, augment=augment, backend=backend, seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=True,
-        collate_fn=collator,
-        num_workers=num_workers,
-        generator=generator,
-        drop_last=True,
-    )
-    total = min(num_batches + warmup_batches, len(loader))
-    if total <= warmup_batches:
-        raise ValueError(
-            f"The dataset has {len(dataset)} examples: too few for {warmup_batches + 1} batches of {batch_size}."
-        )
-    images = 0
-    iterator = iter(loader)
-    for _ in range(warmup_batches):
-        next(iterator)
-    start = time.perf_counter()
-    for _ in range(total - warmup_batches):
-        batch = next(iterator)
-        images += batch["pixel_values"].shape[0]
-    seconds = time.perf_counter() - start
-    del iterator
-    return {
-        "images_per_second": images / seconds,
-        "img_per_s": images / seconds,  # the benchmark module's name for the same number
-        "images": images,
-        "seconds": seconds,
-        "backend": backend,
-        "num_workers": num_workers,
-        "batch_size": batch_size,
-        "augment": augment,
-        "image_size": list(batch["pixel_values"].shape[-2:]),
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Command line: `python -m hf_vit_d2l.data {throughput,stats,check}`
-# --------------------------------------------------------------------------------------------------------------
-
-
-def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hf_vit_d2l.data", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["throughput", "stats", "check"])
-    parser.add_argument("--data_source", default="auto", choices=["auto", "hub", "local"])
-    parser.add_argument("--data_dir", default=None)
-    parser.add_argument("--image_size", type=int, default=96)
-    parser.add_argument("--backend", nargs="+", default=list(BACKENDS), choices=BACKENDS)
-    parser.add_argument("--num_workers", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--augment", default=None, choices=AUGMENTATIONS)
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--num_batches", type=int, default=40)
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    start = time.perf_counter()
-    dataset = load_fashion_mnist(source=args.data_source, data_dir=args.data_dir)
-    print(f"loaded {dict(dataset.num_rows)} in {time.perf_counter() - start:.2f} s")
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hf_vit_d2l.data check|stats``: the local files' md5s, or the training pixels' mean and std."""
+    parser = argparse.ArgumentParser(prog="python -m hf_vit_d2l.data", description=main.__doc__)
+    parser.add_argument("command", choices=["check", "stats"])
+    parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
+    args = parser.parse_args(argv)
+    files = find_fashion_mnist_files(args.data_dir)
+    if files is None:
+        print(f"error: no Fashion-MNIST IDX files in {args.data_dir}. {how_to_get_data()}", file=sys.stderr)
+        return 2
     if args.command == "check":
-        files = find_fashion_mnist_files(args.data_dir or DEFAULT_DATA_DIR)
-        print(json.dumps(verify_fashion_mnist_checksums(files) if files else {}, indent=1))
-    elif args.command == "stats":
-        mean, std = compute_mean_std(dataset["train"])
-        print(json.dumps({"mean": mean, "std": std, "split": "train", "images": dataset["train"].num_rows}))
-    else:
-        from .image_processing_vit_d2l import ViTD2LImageProcessor
-
-        processor = ViTD2LImageProcessor(size={"height": args.image_size, "width": args.image_size})
-        for backend in args.backend:
-            for workers in args.num_workers:
-                result = measure_pipeline_throughput(
-                    dataset["train"],
-                    processor,
-                    backend=backend,
-                    num_workers=workers,
-                    batch_size=args.batch_size,
-                    num_batches=args.num_batches,
-                    augment=args.augment,
-                )
-                print(json.dumps(result))
+        result = verify_checksums(files)
+        print(json.dumps(result, indent=1))
+        return 0 if all(result.values()) else 1
+    pixels = read_idx(files["train"][0], expected_ndim=3) / 255.0
+    print(json.dumps({"mean": float(pixels.mean()), "std": float(pixels.std()), "images": len(pixels)}))
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
-
-__all__ = [
-    "VALIDATION_SEED",
-    "AUGMENTATIONS",
-    "DEFAULT_DATA_DIR",
-    "FASHION_MNIST_MEAN",
-    "FASHION_MNIST_STD",
-    "HUB_DATASET_ID",
-    "DataUnavailableError",
-    "IDXFormatError",
-    "ImageClassificationCollator",
-    "check_keeps_raw_columns",
-    "compute_mean_std",
-    "decode_images",
-    "encode_png_batch",
-    "ensure_local_fashion_mnist",
-    "fashion_mnist_features",
-    "find_fashion_mnist_files",
-    "hub_is_reachable",
-    "hub_offline",
-    "load_fashion_mnist",
-    "load_image_classification_dataset",
-    "load_local_fashion_mnist",
-    "measure_pipeline_throughput",
-    "read_idx",
-    "train_validation_split",
-    "verify_fashion_mnist_checksums",
-]
