@@ -85,41 +85,44 @@ def _as_state_dict(state_dict) -> dict[str, torch.Tensor]:
     return dict(state_dict)
 
 
-def _require(state_dict: Mapping[str, torch.Tensor], key: str, ndim: int) -> torch.Tensor:
-    if key not in state_dict:
-        raise CheckpointConversionError(
-            f"Missing key {key!r}, which the book's ViT always has; this does not look like a state_dict() of "
-            f"d2l's ViT. Keys present: {sorted(state_dict)[:20]}{' ...' if len(state_dict) > 20 else ''}"
-        )
-    if state_dict[key].dim() != ndim:
-        raise CheckpointConversionError(f"{key} should have {ndim} dimensions, got {tuple(state_dict[key].shape)}.")
-    return state_dict[key]
-
-
 def infer_d2l_config_kwargs(state_dict: Mapping[str, torch.Tensor]) -> dict:
-    """The `ViTD2LConfig` sizes a book `ViT` state dict implies (everything but the number of heads)."""
+    """The `ViTD2LConfig` sizes a book `ViT` state dict implies (everything but the number of heads).
+
+    Only what fixes the sizes is read here; every other key and shape is checked against the built model.
+    """
     state_dict = _as_state_dict(state_dict)
-    hidden_size = _require(state_dict, "cls_token", 3).shape[-1]  # (1, 1, hidden)
-    _, num_channels, patch_h, patch_w = _require(state_dict, "patch_embedding.conv.weight", 4).shape
-    num_patches = _require(state_dict, "pos_embedding", 3).shape[1] - 1  # (1, patches + 1, hidden)
-    side = round(num_patches**0.5)
-    if patch_h != patch_w or num_patches < 1 or side * side != num_patches:
+    try:
+        hidden_size = state_dict["cls_token"].shape[-1]  # (1, 1, hidden)
+        _, num_channels, patch_size, _ = state_dict["patch_embedding.conv.weight"].shape  # (hidden, C, P, P)
+        num_patches = state_dict["pos_embedding"].shape[1] - 1  # (1, patches + 1, hidden)
+        intermediate_size = state_dict["blks.0.mlp.dense1.weight"].shape[0]
+        num_labels = state_dict["head.1.weight"].shape[0]
+    except KeyError as err:
         raise CheckpointConversionError(
-            f"Only square images and patches are supported; got a {patch_h}x{patch_w} patch conv and "
-            f"{num_patches + 1} positions (1 + a square number of patches expected)."
+            f"Missing key {err}, which the book's ViT always has; this does not look like a state_dict() of d2l's "
+            f"ViT. Keys present: {sorted(state_dict)[:20]}{' ...' if len(state_dict) > 20 else ''}"
+        ) from None
+    except (ValueError, IndexError):
+        raise CheckpointConversionError(
+            "Unexpected tensor shapes: cls_token should be (1, 1, hidden), patch_embedding.conv.weight (hidden, "
+            "channels, patch, patch), pos_embedding (1, patches + 1, hidden)."
+        ) from None
+    side = round(max(num_patches, 0) ** 0.5)
+    if num_patches < 1 or side * side != num_patches:
+        raise CheckpointConversionError(
+            f"pos_embedding has {num_patches + 1} positions, not 1 + a square number of patches: only square images "
+            "are supported."
         )
-    blocks = sorted({int(m.group(1)) for k in state_dict if (m := re.match(r"blks\.(\d+)\.", k))})
-    if not blocks or blocks != list(range(len(blocks))):
-        raise CheckpointConversionError(f"Expected blocks blks.0 ... blks.n-1 (at least one), got indices {blocks}.")
+    blocks = {int(m[1]) for key in state_dict if (m := re.match(r"blks\.(\d+)\.", key))}
     return {
-        "image_size": side * patch_h,
-        "patch_size": patch_h,
+        "image_size": side * patch_size,
+        "patch_size": patch_size,
         "num_channels": num_channels,
         "hidden_size": hidden_size,
-        "intermediate_size": _require(state_dict, "blks.0.mlp.dense1.weight", 2).shape[0],
-        "num_hidden_layers": len(blocks),
+        "intermediate_size": intermediate_size,
+        "num_hidden_layers": max(blocks) + 1,  # a gap in the indices shows up as missing keys
         "qkv_bias": "blks.0.attention.W_q.bias" in state_dict,
-        "num_labels": _require(state_dict, "head.1.weight", 2).shape[0],
+        "num_labels": num_labels,
     }
 
 
