@@ -194,10 +194,8 @@ def build_model_card(
         accuracy_samples=samples,
         accuracy_source=source,
         loss=eval_results.get("loss") if source == "eval_results.json" else all_results.get("eval_loss"),
-        per_class=eval_results.get("per_class_accuracy"),
-        labels=eval_results.get("labels") or list(eval_results.get("per_class_accuracy", ())),
-        has_training_curves=os.path.isfile(os.path.join(folder, "training_curves.png")),
-        has_confusion_matrix=os.path.isfile(os.path.join(folder, "confusion_matrix.png")),
+        evaluation=eval_results,
+        files=set(os.listdir(folder)),
         not_measured=NOT_MEASURED,
     )
 
