@@ -209,6 +209,8 @@ class EvaluateArguments:
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}.")
         if self.output_dir is None:
+            if _looks_local(self.model_name_or_path) and not os.path.isdir(self.model_name_or_path):
+                raise ValueError(f"{self.model_name_or_path}: no such folder. Pass a model folder or a Hub id.")
             if not os.path.isdir(self.model_name_or_path):
                 raise ValueError(
                     f"{self.model_name_or_path} is not a local folder; pass --output_dir for the results."

@@ -226,11 +226,11 @@ def check_folder_complete(folder: str | os.PathLike) -> list[str]:
 
 
 def _fail_if_incomplete(folder: str) -> None:
-    problems = check_folder_complete(folder)
+    problems = "; ".join(problem.rstrip(".") for problem in check_folder_complete(folder))
     if problems:
         raise HubPushError(
-            f"{folder} is not a complete model folder: {'; '.join(problems)}. Save it with save_pretrained (model and "
-            "image processor) after `import hf_vit_d2l`, as scripts/train.py does."
+            f"{folder} is not a complete model folder: {problems}. Save it with save_pretrained (model and image "
+            "processor) after `import hf_vit_d2l`, as scripts/train.py does."
         )
 
 

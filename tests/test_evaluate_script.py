@@ -112,6 +112,8 @@ def test_evaluate_bad_inputs(saved_model, tmp_path):
     folder, _ = saved_model
     with pytest.raises(ModelLoadError, match="no such folder"):
         evaluate_saved_model(EvaluateArguments(str(tmp_path / "missing"), output_dir=str(tmp_path)), DataArguments())
+    with pytest.raises(ValueError, match="no such folder"):  # not "pass --output_dir": it looks like a path
+        EvaluateArguments(model_name_or_path=str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="--output_dir"):
         EvaluateArguments(model_name_or_path="someone/model")
     with pytest.raises(ValueError, match="--batch_size must be >= 1"):
