@@ -4,12 +4,10 @@ Importing the package registers the model with transformers' Auto classes (`Auto
 `AutoModelForImageClassification`, `AutoImageProcessor`).
 """
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForImageClassification,
-)
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+# From its module: before transformers 5.18, `transformers.AutoImageProcessor` is a placeholder without torchvision.
+from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from .configuration_vit_d2l import FASHION_MNIST_LABELS, ViTD2LConfig
 from .convert import CheckpointConversionError, from_d2l_state_dict, from_transformers_vit, to_transformers_vit

@@ -21,9 +21,12 @@ book (d2l ``ViT``)  canonical                        note
 =================  ===============================  ==========================================================
 """
 
-import inspect
+from dataclasses import fields
+from typing import Literal
 
-from transformers import PretrainedConfig
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+from transformers.utils.type_validators import interval
 
 # The names of the Hub dataset's ClassLabel feature (zalando-datasets/fashion_mnist), spaces included.
 FASHION_MNIST_LABELS = [
@@ -39,14 +42,20 @@ FASHION_MNIST_LABELS = [
     "Ankle boot",
 ]
 
-ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
-POOLING_TYPES = ("cls", "mean")
-INIT_STYLES = ("d2l", "hf")
+positive = interval(min=1)
+probability = interval(min=0, max=1, exclude_max=True)
+greater_than_zero = interval(min=0, exclude_min=True)
 
 
-class ViTD2LConfig(PretrainedConfig):
+@strict
+class ViTD2LConfig(PreTrainedConfig):
     r"""
     Configuration of [`ViTD2LModel`] / [`ViTD2LForImageClassification`], the book's `ViT`.
+
+    Every field is type- and range-checked on construction and on assignment (`config.pooling = "max"` raises
+    `huggingface_hub.errors.StrictDataclassFieldValidationError` naming the field and the value); the checks that
+    relate two fields (`hidden_size` divisible by `num_attention_heads`, `image_size` by `patch_size`) run on
+    construction and before saving.
 
     Args:
         image_size (`int`, defaults to 96): side of the (square) input image. Book: `img_size`.
@@ -62,7 +71,7 @@ class ViTD2LConfig(PretrainedConfig):
             MLP dense layers. Book: `blk_dropout`. (HF ViT splits this differently and adds one after the output
             projection; the book has none there.)
         qkv_bias (`bool`, defaults to `False`): bias of W_q, W_k, W_v **and** W_o. Book: `use_bias`.
-        hidden_act (`str`, defaults to `"gelu"`): MLP activation (exact erf GELU, as `nn.GELU()`).
+        hidden_act (`str`, defaults to `"gelu"`): MLP activation (exact erf GELU, as `nn.GELU()`); the only one.
         layer_norm_eps (`float`, defaults to 1e-5): `nn.LayerNorm`'s default, as in the book.
         pooling (`str`, defaults to `"cls"`): `"cls"` classifies the `<cls>` token (the book); `"mean"` the mean of
             the patch tokens (the book's exercise 2), normalised by the head LayerNorm after pooling.
@@ -79,7 +88,7 @@ class ViTD2LConfig(PretrainedConfig):
             passes per image; hidden states and attentions are the unflipped image's). Training is unchanged. Not
             in the book; the `quick` recipe's model turns it on.
         num_labels / id2label / label2id: defaults to the ten Fashion-MNIST classes. Book: `num_classes`.
-        attn_implementation (`str`, optional): `"eager"` (the book's math) or `"sdpa"`.
+        attn_implementation (`str`, optional): `"eager"` (the book's math) or `"sdpa"` (the default).
     """
 
     model_type = "vit_d2l"
@@ -95,116 +104,52 @@ class ViTD2LConfig(PretrainedConfig):
         "num_classes": "num_labels",
     }
 
-    def __init__(
-        self,
-        image_size: int = 96,
-        patch_size: int = 16,
-        num_channels: int = 1,
-        hidden_size: int = 512,
-        intermediate_size: int = 2048,
-        num_attention_heads: int = 8,
-        num_hidden_layers: int = 2,
-        embedding_dropout_prob: float = 0.1,
-        block_dropout_prob: float = 0.1,
-        qkv_bias: bool = False,
-        hidden_act: str = "gelu",
-        layer_norm_eps: float = 1e-5,
-        pooling: str = "cls",
-        init_style: str = "d2l",
-        position_embedding_std: float = 1.0,
-        initializer_range: float = 0.02,
-        drop_path_rate: float = 0.0,
-        test_time_flip: bool = False,
-        **kwargs,
-    ):
-        # Resolve the book's names here (not only through attribute_map) so that validation sees them and a
-        # clash such as `hidden_size=64, num_hiddens=128` is an error instead of a silent override.
-        given = {
-            "image_size": image_size,
-            "hidden_size": hidden_size,
-            "intermediate_size": intermediate_size,
-            "num_attention_heads": num_attention_heads,
-            "num_hidden_layers": num_hidden_layers,
-            "embedding_dropout_prob": embedding_dropout_prob,
-            "block_dropout_prob": block_dropout_prob,
-            "qkv_bias": qkv_bias,
-        }
-        # The signature's own defaults: an alias only clashes with a canonical value the caller actually changed.
-        defaults = {
-            name: parameter.default
-            for name, parameter in inspect.signature(ViTD2LConfig.__init__).parameters.items()
-            if name in given
-        }
+    image_size: int = positive(default=96)
+    patch_size: int = positive(default=16)
+    num_channels: int = positive(default=1)
+    hidden_size: int = positive(default=512)
+    intermediate_size: int = positive(default=2048)
+    num_attention_heads: int = positive(default=8)
+    num_hidden_layers: int = positive(default=2)
+    embedding_dropout_prob: float | int = probability(default=0.1)
+    block_dropout_prob: float | int = probability(default=0.1)
+    qkv_bias: bool = False
+    hidden_act: Literal["gelu"] = "gelu"
+    layer_norm_eps: float = greater_than_zero(default=1e-5)
+    pooling: Literal["cls", "mean"] = "cls"
+    init_style: Literal["d2l", "hf"] = "d2l"
+    position_embedding_std: float | int = greater_than_zero(default=1.0)
+    initializer_range: float = greater_than_zero(default=0.02)
+    drop_path_rate: float | int = probability(default=0.0)
+    test_time_flip: bool = False
+
+    def __post_init__(self, **kwargs):
+        # The book's names arrive here (they are not fields). Resolve them before the parent sets them through
+        # `attribute_map`, so that a clash such as `hidden_size=64, num_hiddens=128` is an error instead of a silent
+        # override. An alias only clashes with a canonical value the caller changed from its default.
+        defaults = {field.name: field.default for field in fields(self)}
         for alias, canonical in self.attribute_map.items():
             if alias not in kwargs:
                 continue
             value = kwargs.pop(alias)
+            given = kwargs.get(canonical) if canonical == "num_labels" else getattr(self, canonical)
+            if given != defaults.get(canonical) and given != value:
+                raise ValueError(f"{alias}={value!r} (the book's name) contradicts {canonical}={given!r}; pass one.")
             if canonical == "num_labels":
-                if "num_labels" in kwargs and kwargs["num_labels"] != value:
-                    raise ValueError(f"num_classes={value!r} contradicts num_labels={kwargs['num_labels']!r}.")
                 kwargs["num_labels"] = value
-                continue
-            if given[canonical] != defaults[canonical] and given[canonical] != value:
-                raise ValueError(
-                    f"{alias}={value!r} (the book's name) contradicts {canonical}={given[canonical]!r}; pass one."
-                )
-            given[canonical] = value
-
-        self.image_size = given["image_size"]
-        self.patch_size = patch_size
-        self.num_channels = num_channels
-        self.hidden_size = given["hidden_size"]
-        self.intermediate_size = given["intermediate_size"]
-        self.num_attention_heads = given["num_attention_heads"]
-        self.num_hidden_layers = given["num_hidden_layers"]
-        self.embedding_dropout_prob = given["embedding_dropout_prob"]
-        self.block_dropout_prob = given["block_dropout_prob"]
-        self.qkv_bias = given["qkv_bias"]
-        self.hidden_act = hidden_act
-        self.layer_norm_eps = layer_norm_eps
-        self.pooling = pooling
-        self.init_style = init_style
-        self.position_embedding_std = position_embedding_std
-        self.initializer_range = initializer_range
-        self.drop_path_rate = drop_path_rate
-        self.test_time_flip = test_time_flip
-
-        num_labels = kwargs.pop("num_labels", None)
-        if kwargs.get("id2label") is None:
-            if num_labels is None or num_labels == len(FASHION_MNIST_LABELS):
-                kwargs["id2label"] = dict(enumerate(FASHION_MNIST_LABELS))
-                kwargs["label2id"] = {name: i for i, name in enumerate(FASHION_MNIST_LABELS)}
             else:
-                if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1:
-                    raise ValueError(f"num_labels must be an integer >= 1, got {num_labels!r}.")
-                kwargs["num_labels"] = num_labels
-        attn_implementation = kwargs.get("attn_implementation")
-        if attn_implementation is not None and attn_implementation not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(
-                f"attn_implementation={attn_implementation!r} is not supported by vit_d2l; "
-                f"use one of {ATTENTION_IMPLEMENTATIONS}."
-            )
-        super().__init__(**kwargs)
-        self._validate_vit_d2l()
+                setattr(self, canonical, value)
+        if self.id2label is None and kwargs.get("num_labels", len(FASHION_MNIST_LABELS)) == len(FASHION_MNIST_LABELS):
+            self.id2label = dict(enumerate(FASHION_MNIST_LABELS))
+            self.label2id = {name: i for i, name in enumerate(FASHION_MNIST_LABELS)}
+        super().__post_init__(**kwargs)
 
-    def _validate_vit_d2l(self):
-        """Raise a `ValueError` naming the field and the value for anything the model cannot be built from."""
+    def __setattr__(self, name, value):
+        # Map a book name before the field validators look the name up, so `config.num_hiddens = 0` is checked too.
+        super().__setattr__(self.attribute_map.get(name, name), value)
 
-        def positive_int(name):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-
-        for name in (
-            "image_size",
-            "patch_size",
-            "num_channels",
-            "hidden_size",
-            "intermediate_size",
-            "num_attention_heads",
-            "num_hidden_layers",
-        ):
-            positive_int(name)
+    def validate_vit_d2l(self):
+        """Part of `@strict` validation: the constraints between fields that the model's shapes need."""
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} must be divisible by num_attention_heads="
@@ -215,24 +160,8 @@ class ViTD2LConfig(PretrainedConfig):
                 f"image_size={self.image_size} must be divisible by patch_size={self.patch_size} "
                 "(the patch embedding is a stride-patch_size convolution)."
             )
-        for name in ("embedding_dropout_prob", "block_dropout_prob", "drop_path_rate"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}.")
-        for name in ("layer_norm_eps", "position_embedding_std", "initializer_range"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"{name} must be a number > 0, got {value!r}.")
-        if not isinstance(self.qkv_bias, bool):
-            raise ValueError(f"qkv_bias (use_bias) must be True or False, got {self.qkv_bias!r}.")
-        if not isinstance(self.test_time_flip, bool):
-            raise ValueError(f"test_time_flip must be True or False, got {self.test_time_flip!r}.")
-        if self.pooling not in POOLING_TYPES:
-            raise ValueError(f"pooling={self.pooling!r} is not supported; use one of {POOLING_TYPES}.")
-        if self.init_style not in INIT_STYLES:
-            raise ValueError(f"init_style={self.init_style!r} is not supported; use one of {INIT_STYLES}.")
-        if self.hidden_act != "gelu":
-            raise ValueError(f"hidden_act={self.hidden_act!r} is not supported; the book's ViT uses 'gelu'.")
+        if not self.num_labels or self.num_labels < 1:
+            raise ValueError(f"num_labels must be an integer >= 1, got {self.num_labels!r}.")
 
     @property
     def num_patches(self) -> int:

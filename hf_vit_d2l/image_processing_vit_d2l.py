@@ -19,10 +19,27 @@ except ImportError:  # the processor itself works without torch (numpy output)
     torch = None
 
 # PIL's "L" conversion weights (ITU-R 601-2 luma).
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def _channel_axis(array: np.ndarray) -> int | None:
+def conversion_loses_information(image: Image.Image) -> str | None:
+    """What the RGB conversion of a PIL image (`transformers.image_utils.load_image`, as `pipeline` does) drops, in
+    words, or None when it keeps everything the model could use. For a once-per-run warning."""
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
+        if image.convert("RGBA").getchannel("A").getextrema()[0] < 255:
+            return "transparency (the alpha channel is dropped, not blended: transparent pixels keep their colour)"
+    elif image.mode.startswith("I;16") or image.mode == "I":
+        low, high = image.getextrema()
+        if low < 0 or high > 255:
+            return f"{'16' if image.mode != 'I' else '32'}-bit depth (values above 255 become 255, white)"
+    elif image.mode == "F":
+        array = np.asarray(image)
+        if array.size and (array.min() < 0 or array.max() > 255 or not np.array_equal(array, np.floor(array))):
+            return "float values (clipped to 0-255 and cut to whole numbers)"
+    return None
+
+
+def channel_axis(array: np.ndarray) -> int | None:
     """0 for (C, H, W), -1 for (H, W, C), with C in 1..4; channels-first wins when both fit, as in transformers."""
     if array.ndim != 3:
         return None
@@ -33,18 +50,93 @@ def _channel_axis(array: np.ndarray) -> int | None:
     return None
 
 
+def flat_list_of_images(images) -> list:
+    """One image, a list of images or a 4-D batch -> a flat list of PIL images and (C, H, W) / (H, W, C) arrays.
+
+    Unlike transformers' own flattening, a 2-D array is one grayscale image, and every input is checked up front, so
+    a bad one names its position and what was wrong (instead of an error that prints the whole array).
+    """
+    if isinstance(images, (list, tuple)):
+        items = []
+        for item in images:
+            items.extend(item if isinstance(item, (list, tuple)) else [item])
+    else:
+        items = [images]
+    if not items:
+        raise ValueError("No images given: pass a PIL image, an array/tensor, a path or URL, or a list of them.")
+    flat = []
+    for index, item in enumerate(items):
+        where = f"image {index}" if len(items) > 1 else "the image"
+        if isinstance(item, (str, os.PathLike)):
+            try:
+                item = load_image(os.fspath(item))
+            except Exception as error:
+                first_line = str(error).splitlines()[0] if str(error) else ""
+                raise ValueError(
+                    f"Could not read {where} from {os.fspath(item)!r}: {type(error).__name__}: {first_line}. Pass an "
+                    "existing image file, an http(s) URL, a PIL image, or an array."
+                ) from None
+        if isinstance(item, Image.Image):
+            flat.append(item)
+            continue
+        if torch is not None and torch.is_tensor(item):
+            item = item.detach().cpu()
+            item = (item.float() if item.dtype in (torch.bfloat16, torch.float16) else item).numpy()
+        if not isinstance(item, np.ndarray):
+            raise ValueError(
+                f"Cannot read {where}: got {type(item).__name__}; expected a PIL image, a numpy array or torch "
+                "tensor of shape (H, W), (H, W, C) or (C, H, W), a 4-D batch, or a path/URL."
+            )
+        if item.dtype == bool:
+            item = item.astype(np.uint8) * 255
+        if not (np.issubdtype(item.dtype, np.integer) or np.issubdtype(item.dtype, np.floating)):
+            raise ValueError(f"Cannot read {where}: array dtype {item.dtype} is not a numeric image type.")
+        batch = list(item) if item.ndim == 4 else [item]
+        for array in batch:
+            array = array[None] if array.ndim == 2 else array  # (H, W) -> (1, H, W)
+            if channel_axis(array) is None:
+                raise ValueError(
+                    f"Cannot read {where}: array of shape {tuple(array.shape)}. Expected (H, W), (H, W, C) or "
+                    "(C, H, W) with C in 1..4 channels, or a 4-D batch of those."
+                )
+            flat.append(array)
+    return flat
+
+
+def to_channels(array: np.ndarray, num_channels: int) -> np.ndarray:
+    """(C, H, W) with C in 1..4 -> (num_channels, H, W): alpha composited on black, RGB to luma or gray to RGB."""
+    channels = array.shape[0]
+    if channels in (2, 4):  # gray/colour + alpha: composite on black (the Fashion-MNIST background)
+        alpha = array[-1:].astype(np.float32)
+        alpha = alpha / 255.0 if array.dtype == np.uint8 or alpha.max() > 1.0 else alpha
+        array = (array[:-1].astype(np.float32) * alpha).astype(array.dtype)
+        channels -= 1
+    if num_channels == 1 and channels == 3:
+        luma = np.tensordot(LUMA, array.astype(np.float32), axes=1)[None]
+        array = np.clip(np.rint(luma), 0, 255).astype(np.uint8) if array.dtype == np.uint8 else luma
+    elif num_channels == 3 and channels == 1:
+        array = np.repeat(array, 3, axis=0)
+    return array
+
+
 class ViTD2LImageProcessor(ViTImageProcessorPil):
     r"""
     The book's `d2l.FashionMNIST(resize=(96, 96))` transform: `transforms.Resize` (bilinear) then `ToTensor`
     (scale to [0, 1]); no normalisation, no crop.
 
+    PIL images (and paths/URLs) follow transformers' `pipeline`: `load_image` (EXIF orientation applied, then
+    `convert("RGB")`), then `convert("L")` for a 1-channel model. So `processor(image)`, `processor(image.convert(
+    "RGB"))` and `pipeline(...)(image)` agree for every PIL mode; what that conversion drops (alpha, 16-bit depth,
+    float values) is told by `conversion_loses_information(image)`.
+
+    Arrays and tensors of shape (H, W), (H, W, C) or (C, H, W) with 1, 2 (gray + alpha), 3 or 4 channels, and 4-D
+    batches of them, are converted as they are: transparency is composited on black, RGB becomes luma for a
+    1-channel model. Integer arrays are on the 0-255 scale, wider integer ranges taken as 16-bit (/257); float
+    arrays in [0, 1] are taken as already scaled (torchvision's `ToTensor` convention), floats above 1 as 0-255.
+
     Args:
         size (`dict`, defaults to `{"height": 96, "width": 96}`): output size; follows the model's `image_size`.
-        num_channels (`int`, defaults to 1): channels the model expects (`config.num_channels`); PIL images of any
-            mode, and (H, W), (H, W, C) or (C, H, W) arrays and tensors with 1, 2 (gray + alpha), 3 or 4 channels,
-            are converted to it. Transparency is composited on black; 16-bit images are scaled to 8 bits (/257).
-            Integer arrays are on the 0-255 scale; float arrays/tensors in [0, 1] are taken as already scaled
-            (torchvision's `ToTensor` convention), floats above 1 as 0-255.
+        num_channels (`int`, defaults to 1): channels the model expects (`config.num_channels`): 1 or 3.
         do_normalize (`bool`, defaults to `False`): the book does not normalise; the improved recipes do, with
             `image_mean`/`image_std` set to Fashion-MNIST's statistics.
     """
@@ -61,77 +153,17 @@ class ViTD2LImageProcessor(ViTImageProcessorPil):
         super().__init__(**kwargs)
         self.num_channels = num_channels
 
-    def _prepare_images_structure(self, images, expected_ndims: int = 3):
-        """Accept one image, a list of images or a 4-D batch, and fail with a clear message on anything else.
+    def preprocess(self, images, *args, **kwargs):
+        """The stock `preprocess` on a checked, flat list of images (see `flat_list_of_images`)."""
+        return super().preprocess(flat_list_of_images(images), *args, **kwargs)
 
-        The stock version rejects 2-D (H, W) arrays and prints the whole array in its error; here a 2-D array is one
-        grayscale image, and every input is checked up front so a bad one names its position and what was wrong.
-        """
-        if isinstance(images, (list, tuple)):
-            items = []
-            for item in images:
-                items.extend(item if isinstance(item, (list, tuple)) else [item])
-        else:
-            items = [images]
-        if not items:
-            raise ValueError("No images given: pass a PIL image, an array/tensor, a path or URL, or a list of them.")
-        flat = []
-        for index, item in enumerate(items):
-            where = f"image {index}" if len(items) > 1 else "the image"
-            if isinstance(item, (str, os.PathLike)):
-                try:
-                    item = load_image(os.fspath(item))
-                except Exception as error:
-                    raise ValueError(
-                        f"Could not read {where} from {os.fspath(item)!r}: {type(error).__name__}: "
-                        f"{str(error).splitlines()[0] if str(error) else ''}. Pass an existing image file, an http(s) "
-                        "URL, a PIL image, or an array."
-                    ) from None
-            if isinstance(item, Image.Image):
-                flat.append(item)
-                continue
-            if torch is not None and torch.is_tensor(item):
-                item = item.detach().cpu()
-                item = item.float() if item.dtype in (torch.bfloat16, torch.float16) else item
-                item = item.numpy()
-            if not isinstance(item, np.ndarray):
-                raise ValueError(
-                    f"Cannot read {where}: got {type(item).__name__}; expected a PIL image, a numpy array or torch "
-                    "tensor of shape (H, W), (H, W, C) or (C, H, W), a 4-D batch, or a path/URL."
-                )
-            if item.dtype == bool:
-                item = item.astype(np.uint8) * 255
-            if not (np.issubdtype(item.dtype, np.integer) or np.issubdtype(item.dtype, np.floating)):
-                raise ValueError(f"Cannot read {where}: array dtype {item.dtype} is not a numeric image type.")
-            if item.ndim == 2:
-                flat.append(item[None])  # (H, W) -> (1, H, W)
-            elif item.ndim == 3 and _channel_axis(item) is not None:
-                flat.append(item)
-            elif item.ndim == 4:
-                flat.extend(item[i] for i in range(item.shape[0]))
-            else:
-                raise ValueError(
-                    f"Cannot read {where}: array of shape {tuple(item.shape)}. Expected (H, W), (H, W, C) or "
-                    "(C, H, W) with C in 1..4 channels, or a 4-D batch of those."
-                )
-        for index, item in enumerate(flat):
-            if isinstance(item, np.ndarray) and (item.ndim != 3 or _channel_axis(item) is None):
-                raise ValueError(
-                    f"Cannot read image {index} of the batch: shape {tuple(item.shape)} is not (H, W, C) or (C, H, W) "
-                    "with C in 1..4 channels."
-                )
-        return flat
-
-    def process_image(self, image, do_convert_rgb=None, input_data_format=None, **kwargs):
+    def process_image(self, image, do_convert_rgb=None, input_data_format=None, **kwargs) -> np.ndarray:
+        """One image -> (num_channels, H, W) on the 0-255 scale (uint8 for PIL and uint8 input)."""
         if isinstance(image, Image.Image):
-            image = self._pil_to_mode(image, "L" if self.num_channels == 1 else "RGB")
+            image = load_image(image)
+            image = image.convert("L") if self.num_channels == 1 else image
             return super().process_image(image, do_convert_rgb=False, input_data_format=None, **kwargs)
-        if torch is not None and torch.is_tensor(image):
-            image = image.detach().cpu()
-            image = image.float() if image.dtype in (torch.bfloat16, torch.float16) else image
-        array = np.asarray(image)
-        if array.ndim == 2:  # also when called directly, without _prepare_images_structure
-            array = array[None]
+        (array,) = flat_list_of_images(image)
         if np.issubdtype(array.dtype, np.floating):
             # Float images in [0, 1] are already scaled (torchvision's ToTensor convention); bring them to the 0-255
             # scale that `rescale` (x / 255) expects. Floats above 1 are taken to be on the 0-255 scale already.
@@ -143,10 +175,9 @@ class ViTD2LImageProcessor(ViTImageProcessorPil):
             array = array.astype(np.float32)
             if array.size and float(array.max()) > 255:
                 array = array / 257.0
-        axis = _channel_axis(array)
-        array = array if axis == 0 else np.moveaxis(array, -1, 0)
+        array = array if channel_axis(array) == 0 else np.moveaxis(array, -1, 0)
         array = super().process_image(array, do_convert_rgb=False, input_data_format="channels_first", **kwargs)
-        return self._to_num_channels(array)
+        return to_channels(array, self.num_channels)
 
     def resize(self, image: np.ndarray, size, resample=None, **kwargs) -> np.ndarray:
         """PIL resize; float images are resized per channel in PIL's 32-bit float mode instead of being rounded to
@@ -166,46 +197,5 @@ class ViTD2LImageProcessor(ViTImageProcessorPil):
             return np.stack(channels)
         return super().resize(image, size, resample=resample, **kwargs)
 
-    @staticmethod
-    def _pil_to_mode(image: Image.Image, target_mode: str) -> Image.Image:
-        """Any PIL mode -> "L" or "RGB", compositing transparency on black (the Fashion-MNIST background)."""
-        if image.mode == target_mode:
-            return image
-        if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-            # 16/32-bit integer and float images: PIL's convert("L") clips at 255, so scale to 8 bits first.
-            array = np.asarray(image, dtype=np.float64)
-            peak = float(array.max()) if array.size else 0.0
-            if image.mode.startswith("I;16") or (image.mode == "I" and peak > 255):
-                array = array / 257.0  # 0..65535 -> 0..255
-            elif image.mode == "F" and peak <= 1.0:
-                array = array * 255.0  # float in [0, 1]
-            image = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
-            return image if target_mode == "L" else image.convert(target_mode)
-        if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-            image = Image.alpha_composite(background, rgba)
-        return image.convert(target_mode)
 
-    def _to_num_channels(self, array: np.ndarray) -> np.ndarray:
-        """(C, H, W) with C in 1..4 -> (num_channels, H, W)."""
-        channels = array.shape[0]
-        if channels not in (1, 2, 3, 4):
-            raise ValueError(
-                f"Cannot read an image with {channels} channels (array shape {array.shape}); expected 1, 2, 3 or 4 "
-                "channels in (H, W), (H, W, C) or (C, H, W) layout."
-            )
-        if channels in (2, 4):  # gray/colour + alpha: composite on black
-            alpha = array[-1:].astype(np.float32)
-            alpha = alpha / 255.0 if array.dtype == np.uint8 or alpha.max() > 1.0 else alpha
-            array = (array[:-1].astype(np.float32) * alpha).astype(array.dtype)
-            channels -= 1
-        if self.num_channels == 1 and channels == 3:
-            luma = np.tensordot(_LUMA, array.astype(np.float32), axes=1)[None]
-            array = np.clip(np.rint(luma), 0, 255).astype(np.uint8) if array.dtype == np.uint8 else luma
-        elif self.num_channels == 3 and channels == 1:
-            array = np.repeat(array, 3, axis=0)
-        return array
-
-
-__all__ = ["ViTD2LImageProcessor"]
+__all__ = ["ViTD2LImageProcessor", "conversion_loses_information"]

@@ -2,22 +2,28 @@
 
 Each class names its book counterpart. The module tree is this package's own (not transformers' `ViT*` classes), so
 checkpoint keys stay stable across transformers releases. This file and `configuration_vit_d2l.py` are copied next to
-saved weights, so they import only torch, the standard library and transformers' public API.
+saved weights, so they import only torch and transformers' public API.
 """
 
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .configuration_vit_d2l import ATTENTION_IMPLEMENTATIONS, ViTD2LConfig
+from .configuration_vit_d2l import ViTD2LConfig
+
+# transformers writes only the saved class into `auto_map`; with all three, both Auto classes load any saved folder.
+AUTO_MAP = {
+    "AutoConfig": "configuration_vit_d2l.ViTD2LConfig",
+    "AutoModel": "modeling_vit_d2l.ViTD2LModel",
+    "AutoModelForImageClassification": "modeling_vit_d2l.ViTD2LForImageClassification",
+}
 
 
 class ViTD2LPatchEmbeddings(nn.Module):
@@ -118,12 +124,10 @@ class ViTD2LAttention(nn.Module):
         key = self.W_k(hidden_states).view(shape).transpose(1, 2)
         value = self.W_v(hidden_states).view(shape).transpose(1, 2)
 
-        implementation = self.config._attn_implementation or "eager"
-        attention_interface: Callable = eager_attention_forward
-        # Attention weights exist only on the eager path: compute them there when asked for.
-        if implementation != "eager" and not output_attentions:
-            # get_interface (not a plain lookup) also lets `model.set_attn_implementation(...)` switch at run time.
-            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        # Attention weights exist only on the eager path: compute them there when asked for, whatever the model's
+        # implementation (attention maps of an sdpa model need no reload).
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         output, weights = attention_interface(
             self,
             query,
@@ -168,7 +172,7 @@ class ViTD2LDropPath(nn.Module):
         return hidden_states * mask / keep
 
 
-class ViTD2LLayer(nn.Module):
+class ViTD2LLayer(GradientCheckpointingLayer):
     """The book's `ViTBlock`: pre-norm, X + attention(ln1(X)), then X + mlp(ln2(X))."""
 
     def __init__(self, config: ViTD2LConfig, drop_path: float = 0.0):
@@ -197,7 +201,6 @@ class ViTD2LEncoder(nn.Module):
         last = max(config.num_hidden_layers - 1, 1)
         rates = [config.drop_path_rate * i / last for i in range(config.num_hidden_layers)]
         self.layer = nn.ModuleList([ViTD2LLayer(config, rate) for rate in rates])
-        self.gradient_checkpointing = False
 
     def forward(
         self, hidden_states: torch.Tensor, output_attentions: bool = False, output_hidden_states: bool = False
@@ -205,12 +208,8 @@ class ViTD2LEncoder(nn.Module):
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layer:
-            if self.gradient_checkpointing and self.training:
-                hidden_states, weights = self._gradient_checkpointing_func(
-                    layer.__call__, hidden_states, output_attentions
-                )
-            else:
-                hidden_states, weights = layer(hidden_states, output_attentions=output_attentions)
+            # Positional arguments: gradient checkpointing with use_reentrant=True needs them.
+            hidden_states, weights = layer(hidden_states, output_attentions)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -221,7 +220,7 @@ class ViTD2LEncoder(nn.Module):
 
 
 class ViTD2LPreTrainedModel(PreTrainedModel):
-    """Weight init (the book's by default), Trainer/pipeline contract, and atomic `save_pretrained`."""
+    """Weight init (the book's by default), the Trainer/pipeline contract, and the full `auto_map` on save."""
 
     config_class = ViTD2LConfig
     base_model_prefix = "vit_d2l"
@@ -232,83 +231,46 @@ class ViTD2LPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
 
-    def __init__(self, config: ViTD2LConfig, *inputs, attn_implementation: str | None = None, **kwargs):
-        # `Model(config, attn_implementation="sdpa")` as a constructor keyword, checked here so that a typo is a
-        # clear `ValueError` instead of a `TypeError` or a silent fallback.
-        requested = attn_implementation if attn_implementation is not None else config._attn_implementation
-        if requested is not None and requested not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(
-                f"attn_implementation={requested!r} is not supported by vit_d2l; "
-                f"use one of {ATTENTION_IMPLEMENTATIONS}."
-            )
-        if attn_implementation is not None:
-            config._attn_implementation = attn_implementation
-        super().__init__(config, *inputs, **kwargs)
+    def __init__(self, config: ViTD2LConfig, attn_implementation: str | None = None):
+        super().__init__(config)
+        # `Model(config, attn_implementation="eager")`, checked by transformers (an unknown name is a ValueError).
+        self.requested_attn_implementation = attn_implementation
+
+    def post_init(self):
+        super().post_init()
+        if self.requested_attn_implementation is not None:
+            self.set_attn_implementation(self.requested_attn_implementation)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
         config = self.config
         if isinstance(module, ViTD2LEmbeddings):
-            nn.init.zeros_(module.cls_token)
+            init.zeros_(module.cls_token)
             if config.init_style == "d2l":
-                nn.init.normal_(module.position_embeddings, mean=0.0, std=config.position_embedding_std)
+                init.normal_(module.position_embeddings, mean=0.0, std=config.position_embedding_std)
             else:
-                nn.init.trunc_normal_(module.position_embeddings, std=config.initializer_range)
+                init.trunc_normal_(module.position_embeddings, std=config.initializer_range)
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
             if config.init_style == "d2l":
                 # PyTorch's default (what the book's LazyLinear / LazyConv2d get): kaiming_uniform(a=sqrt(5)).
-                nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+                init.kaiming_uniform_(module.weight, a=math.sqrt(5))
                 if module.bias is not None:
                     fan_in = module.weight[0].numel()
                     bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-                    nn.init.uniform_(module.bias, -bound, bound)
+                    init.uniform_(module.bias, -bound, bound)
             else:
-                nn.init.trunc_normal_(module.weight, std=config.initializer_range)
+                init.trunc_normal_(module.weight, std=config.initializer_range)
                 if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+                    init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, written atomically and with every Auto class in `auto_map`.
-
-        Files are first written to a temporary folder beside `save_directory` and then moved in one by one with
-        `os.replace`, so an interrupted save never leaves a truncated `model.safetensors` or `config.json`. The
-        config's `auto_map` names `AutoConfig`, `AutoModel` and `AutoModelForImageClassification`, so both Auto
-        classes load the folder with `trust_remote_code=True` (transformers records only the saved class).
-        """
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with every Auto class in `auto_map` when the code files are saved."""
         if self._auto_class is not None:
-            auto_map = dict(getattr(self.config, "auto_map", None) or {})
-            auto_map.update(
-                {
-                    "AutoConfig": "configuration_vit_d2l.ViTD2LConfig",
-                    "AutoModel": "modeling_vit_d2l.ViTD2LModel",
-                    "AutoModelForImageClassification": "modeling_vit_d2l.ViTD2LForImageClassification",
-                }
-            )
-            self.config.auto_map = auto_map
-        if kwargs.get("push_to_hub") or not kwargs.get("is_main_process", True):
-            return super().save_pretrained(save_directory, *args, **kwargs)
-        save_directory = os.path.abspath(os.fspath(save_directory))
-        if os.path.isfile(save_directory):
-            raise ValueError(f"save_pretrained needs a folder, but {save_directory} is a file.")
-        parent = os.path.dirname(save_directory)
-        os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(save_directory)}.saving-", dir=parent)
-        try:
-            super().save_pretrained(staging, *args, **kwargs)
-            os.makedirs(save_directory, exist_ok=True)
-            # Stale shards of an earlier save would confuse loading: remove the weight files this save replaces.
-            for name in os.listdir(save_directory):
-                is_weights = name.startswith("model") and name.endswith((".safetensors", ".safetensors.index.json"))
-                if is_weights and not os.path.exists(os.path.join(staging, name)):
-                    os.remove(os.path.join(save_directory, name))
-            names = sorted(os.listdir(staging), key=lambda n: n == "config.json")  # config last: it marks done
-            for name in names:
-                os.replace(os.path.join(staging, name), os.path.join(save_directory, name))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
 
 class ViTD2LModel(ViTD2LPreTrainedModel):
@@ -372,7 +334,11 @@ class ViTD2LModel(ViTD2LPreTrainedModel):
 
 
 class ViTD2LForImageClassification(ViTD2LPreTrainedModel):
-    """The book's `ViT`: `ViTD2LModel` plus the head's `Linear`; cross-entropy loss when `labels` are given."""
+    """The book's `ViT`: `ViTD2LModel` plus the head's `Linear`.
+
+    With `labels`, the loss follows `config.problem_type` as in transformers' ViT: cross-entropy for integer class
+    labels (the book), BCE-with-logits for multi-label float targets, MSE for regression.
+    """
 
     def __init__(self, config: ViTD2LConfig, attn_implementation: str | None = None):
         super().__init__(config, attn_implementation=attn_implementation)
@@ -407,16 +373,15 @@ class ViTD2LForImageClassification(ViTD2LPreTrainedModel):
             logits = (logits + self.classifier(mirrored)) / 2
         loss = None
         if labels is not None:
-            if labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
+            try:
+                loss = self.loss_function(labels, logits, self.config, **kwargs)
+            except IndexError:
+                # CPU cross-entropy on a class index outside [0, num_labels). Checking the range up front would
+                # synchronise with the GPU on every step, where the same mistake is a device-side assert instead.
                 raise ValueError(
-                    f"labels must be a 1-D tensor of {logits.shape[0]} class indices, got shape {tuple(labels.shape)}."
-                )
-            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_labels):
-                raise ValueError(
-                    f"labels must lie in [0, {self.num_labels - 1}] (config.num_labels={self.num_labels}), "
-                    f"got values from {int(labels.min())} to {int(labels.max())}."
-                )
-            loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device).long())
+                    f"labels must lie in [0, {self.num_labels - 1}] (config.num_labels={self.num_labels}); "
+                    "a label outside that range was given."
+                ) from None
         if not return_dict:
             output = (logits,) + tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
             return ((loss,) + output) if loss is not None else output

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModelForImageClassification,
     HfArgumentParser,
     Trainer,
@@ -36,6 +36,7 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
+from transformers.models.auto.image_processing_auto import AutoImageProcessor
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import data
@@ -307,7 +308,7 @@ def build_model(model_args: ModelArguments, label_names: list[str]):
         for key in ("model_type", "transformers_version", "architectures", "auto_map", "num_labels", "num_classes"):
             base.pop(key, None)
         config = ViTD2LConfig(**{**base, **overrides, **labels})
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, StrictDataclassError) as err:
         if isinstance(err, TrainingSetupError):
             raise
         raise TrainingSetupError(f"Cannot build the model: {err}") from None

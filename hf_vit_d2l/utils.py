@@ -88,8 +88,8 @@ def hub_available(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face Hub can be used now: not in offline mode, and its endpoint accepts a connection.
 
     `huggingface_hub`'s offline switch (`HF_HUB_OFFLINE=1`) is honoured first. Otherwise one TCP connect to the
-    endpoint (`HF_ENDPOINT`), bounded by `timeout`, stands in for the ~24 s that `load_dataset` or `evaluate.load`
-    wait on a dead network before failing.
+    endpoint (`HF_ENDPOINT`), bounded by `timeout`, stands in for the ~24 s that `load_dataset` waits
+    on a dead network before failing.
     """
     from huggingface_hub import constants
 

@@ -3,7 +3,8 @@
 
 With only --output_dir it reproduces the book's recipe (SGD lr 0.1, constant LR, batch 128, 10 epochs, no gradient
 clipping, the 96 px config, evaluation on the test split after every epoch); --recipe improved / quick pick the
-stronger recipes. Any flag you give wins over the recipe's default. The same script runs under `accelerate launch`:
+stronger recipes (configs/recipes/*.json, or a JSON file of your own). Any flag you give wins over the recipe.
+The same script runs under `accelerate launch`:
 
     # one CPU or one GPU (plain python works too)
     python scripts/train.py --output_dir runs/book
@@ -16,16 +17,16 @@ stronger recipes. Any flag you give wins over the recipe's default. The same scr
     accelerate launch --config_file configs/accelerate_multi_gpu.yaml --num_processes 4 \
         scripts/train.py --output_dir runs/book-ddp
 
-    # CPU DDP (gloo), 2 processes; --use_cpu is the script's (TrainingArguments) flag
+    # CPU DDP (gloo), 2 processes (on a machine without a GPU, --use_cpu is the default)
     accelerate launch --config_file configs/accelerate_cpu_ddp.yaml --num_processes 2 \
-        scripts/train.py --use_cpu --output_dir runs/book-cpu-ddp
+        scripts/train.py --output_dir runs/book-cpu-ddp
 
     # two machines with 8 GPUs each (run on every machine with its --machine_rank)
     accelerate launch --config_file configs/accelerate_multi_gpu.yaml --num_machines 2 --num_processes 16 \
         --machine_rank 0 --main_process_ip 10.0.0.1 --main_process_port 29500 \
         scripts/train.py --output_dir runs/book-2x8
 
-    # bf16 mixed precision (GPU, or CPUs with bf16 support)
+    # bf16 mixed precision (GPU, or a CPU with native bf16: AVX512-BF16 / AMX; refused elsewhere)
     accelerate launch --config_file configs/accelerate_single.yaml --mixed_precision bf16 \
         scripts/train.py --bf16 --output_dir runs/book-bf16
 

@@ -1,8 +1,10 @@
 """ViTD2LConfig: defaults, book aliases, validation (each bad value named in the error), presets."""
 
 import json
+from pathlib import Path
 
 import pytest
+from huggingface_hub.errors import StrictDataclassError, StrictDataclassFieldValidationError
 
 from hf_vit_d2l import FASHION_MNIST_LABELS, PRESETS, ViTD2LConfig, ViTD2LForImageClassification, get_preset
 
@@ -103,20 +105,41 @@ def test_agreeing_alias_and_canonical_is_fine():
         ({"pooling": "max"}, "pooling"),
         ({"init_style": "xavier"}, "init_style"),
         ({"hidden_act": "relu"}, "hidden_act"),
-        ({"attn_implementation": "flash"}, "attn_implementation"),
         ({"num_labels": 0, "id2label": None}, "num_labels"),
     ],
 )
-def test_bad_config_values_raise_value_error_naming_field_and_value(kwargs, named):
-    with pytest.raises(ValueError, match=named) as info:
+def test_bad_config_values_raise_an_error_naming_field_and_value(kwargs, named):
+    with pytest.raises(StrictDataclassError, match=named) as info:
         ViTD2LConfig(**kwargs)
     value = next(iter(kwargs.values()))
     assert repr(value) in str(info.value) or str(value) in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("pooling", "bogus"), ("hidden_size", -8), ("num_hiddens", 0), ("block_dropout_prob", 1.0), ("qkv_bias", 1)],
+)
+def test_assignment_after_construction_is_validated_too(field, value):
+    config = ViTD2LConfig()
+    with pytest.raises(StrictDataclassFieldValidationError, match=ViTD2LConfig.attribute_map.get(field, field)):
+        setattr(config, field, value)
+    assert config.to_dict() == ViTD2LConfig().to_dict()
+
+
+def test_config_json_keys_equal_those_the_v0_1_0_checkpoint_has(tmp_path):
+    fixture = Path(__file__).parent / "fixtures" / "tiny_v0_1_0" / "config.json"
+    stored = json.loads(fixture.read_text())
+    config = ViTD2LConfig.from_pretrained(fixture.parent)
+    config.architectures, config.auto_map = stored["architectures"], stored["auto_map"]
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved.pop("transformers_version"), stored.pop("transformers_version")
+    assert saved == stored
+
+
 def test_unknown_attn_implementation_in_model_constructor_and_from_pretrained(tmp_path):
     config = ViTD2LConfig(image_size=8, patch_size=4, hidden_size=8, num_attention_heads=2, intermediate_size=8)
-    with pytest.raises(ValueError, match="attn_implementation='flash'"):
+    with pytest.raises(ValueError, match='attn_implementation="flash"'):
         ViTD2LForImageClassification(config, attn_implementation="flash")
     ViTD2LForImageClassification(config).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="bogus"):

@@ -3,17 +3,21 @@
 import gzip
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor
+from transformers import AutoImageProcessor, pipeline
+from transformers.image_utils import load_image
 
 import hf_vit_d2l  # noqa: F401  (registers the Auto classes)
 from hf_vit_d2l import ViTD2LImageProcessor
+from hf_vit_d2l.image_processing_vit_d2l import conversion_loses_information
 
 TEST_IMAGES = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+FIXTURE = Path(__file__).parent / "fixtures" / "tiny_v0_1_0"
 
 
 @pytest.fixture(scope="module")
@@ -65,21 +69,94 @@ def test_pil_modes_reach_one_channel(processor, fashion_images, mode):
     np.testing.assert_allclose(out[0].numpy(), book_transform(fashion_images[0]), atol=atol, rtol=0)
 
 
-def test_16_bit_pil_image_is_scaled_to_8_bits(processor, fashion_images):
-    image16 = Image.fromarray(fashion_images[0].astype(np.uint16) * 257)  # full 16-bit range
-    assert image16.mode.startswith("I;16")
-    out = processor(image16, return_tensors="pt").pixel_values
-    np.testing.assert_allclose(out[0].numpy(), book_transform(fashion_images[0]), atol=1e-6, rtol=0)
+def luma(r, g, b):
+    """PIL's integer ITU-R 601-2 luma (`convert("L")`), computed by hand."""
+    return (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16
 
 
-def test_transparency_is_composited_on_black(processor):
+def palette_image(transparent: bool) -> Image.Image:
+    image = Image.new("P", (40, 30), 1)
+    image.putpalette([0, 0, 0, 10, 200, 30])
+    if transparent:
+        image.info["transparency"] = 1
+    return image
+
+
+# mode -> (a uniform 40x30 image, its grey level by hand: RGB conversion as `load_image`, then luma)
+PIL_MODES = {
+    "1": (lambda: Image.new("1", (40, 30), 1), 255),
+    "L": (lambda: Image.new("L", (40, 30), 100), 100),
+    "LA": (lambda: Image.new("LA", (40, 30), (100, 50)), 100),  # alpha dropped
+    "P": (lambda: palette_image(False), luma(10, 200, 30)),
+    "P transparent": (lambda: palette_image(True), luma(10, 200, 30)),  # transparency dropped
+    "RGB": (lambda: Image.new("RGB", (40, 30), (10, 200, 30)), luma(10, 200, 30)),
+    "RGBA": (lambda: Image.new("RGBA", (40, 30), (255, 0, 0, 128)), luma(255, 0, 0)),  # alpha dropped
+    # CMYK -> RGB: each colour times the black key, (255 - C)(255 - K) / 255
+    "CMYK": (
+        lambda: Image.new("CMYK", (40, 30), (10, 20, 30, 40)),
+        luma(*(round((255 - c) * (255 - 40) / 255) for c in (10, 20, 30))),
+    ),
+    "I;16": (lambda: Image.new("I;16", (40, 30), 40000), 255),  # clipped at 255
+    "I;16 8-bit range": (lambda: Image.new("I;16", (40, 30), 200), 200),
+    "I": (lambda: Image.new("I", (40, 30), 300), 255),
+    "F": (lambda: Image.new("F", (40, 30), 130.7), 130),  # clipped and cut to whole numbers
+}
+
+
+@pytest.mark.parametrize("mode", sorted(PIL_MODES))
+def test_pil_rule_is_the_pipelines_rgb_conversion_then_luma(processor, mode):
+    make_image, grey = PIL_MODES[mode]
+    image = make_image()
+    out = processor(image, return_tensors="pt").pixel_values
+    assert out.shape == (1, 1, 96, 96)
+    torch.testing.assert_close(out, torch.full_like(out, grey / 255), rtol=0, atol=1e-6)
+    for same in (image.convert("RGB"), load_image(image)):
+        torch.testing.assert_close(processor(same, return_tensors="pt").pixel_values, out, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "I;16", "P transparent", "CMYK"])
+def test_pipeline_and_processor_give_the_same_probabilities(mode):
+    classify = pipeline("image-classification", model=str(FIXTURE), device="cpu")
+    model = hf_vit_d2l.ViTD2LForImageClassification.from_pretrained(FIXTURE).eval()
+    processor = ViTD2LImageProcessor.from_pretrained(FIXTURE)
+    image = PIL_MODES[mode][0]()
+    results = classify(image, top_k=10)
+    with torch.no_grad():
+        probs = model(**processor(image, return_tensors="pt")).logits.softmax(-1)[0]
+    for result in results:
+        assert abs(result["score"] - probs[model.config.label2id[result["label"]]].item()) < 1e-6, result
+
+
+@pytest.mark.parametrize(
+    ("mode", "lost"),
+    [
+        ("RGBA", "transparency"),
+        ("LA", "transparency"),
+        ("P transparent", "transparency"),
+        ("I;16", "16-bit"),
+        ("I", "32-bit"),
+        ("F", "float"),
+        ("RGB", None),
+        ("L", None),
+        ("P", None),
+        ("CMYK", None),
+        ("I;16 8-bit range", None),
+    ],
+)
+def test_conversion_loses_information_says_what(mode, lost):
+    said = conversion_loses_information(PIL_MODES[mode][0]())
+    assert said is None if lost is None else lost in said
+    assert conversion_loses_information(Image.new("RGBA", (4, 4), (1, 2, 3, 255))) is None  # opaque: nothing lost
+
+
+def test_transparency_rgba_pil_drops_alpha_rgba_array_composites_on_black(processor):
     rgba = np.zeros((28, 28, 4), np.uint8)
     rgba[..., :3] = 255  # white everywhere ...
     rgba[:14, :, 3] = 255  # ... but only the top half opaque
     out = processor(Image.fromarray(rgba, mode="RGBA"), return_tensors="pt").pixel_values[0, 0]
-    assert out[:40].min().item() == pytest.approx(1.0) and out[56:].max().item() == 0.0
-    out_array = processor(rgba, return_tensors="pt").pixel_values[0, 0]
-    torch.testing.assert_close(out_array, out, atol=1e-6, rtol=0)
+    assert out.min().item() == pytest.approx(1.0)  # PIL: as `pipeline`, the alpha channel is dropped
+    out_array = processor(rgba, return_tensors="pt").pixel_values[0, 0]  # arrays: composited on black
+    assert out_array[:40].min().item() == pytest.approx(1.0) and out_array[56:].max().item() == 0.0
 
 
 def test_rgb_is_converted_with_pil_luma(processor):

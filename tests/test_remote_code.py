@@ -3,9 +3,11 @@
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from transformers import (
     pipeline,
 )
 
+import hf_vit_d2l
 from hf_vit_d2l import (
     FASHION_MNIST_LABELS,
     ViTD2LConfig,
@@ -28,6 +31,10 @@ from hf_vit_d2l import (
 )
 
 CODE_FILES = {"configuration_vit_d2l.py", "modeling_vit_d2l.py", "image_processing_vit_d2l.py"}
+PACKAGE_DIR = Path(hf_vit_d2l.__file__).parent
+# A folder saved by version 0.1.0 of this package, with the logits it gave for three fixed inputs.
+FIXTURE = Path(__file__).parent / "fixtures" / "tiny_v0_1_0"
+FIXTURE_EXPECTED = Path(__file__).parent / "fixtures" / "tiny_v0_1_0_expected.pt"
 
 
 def tiny_config(**overrides):
@@ -83,7 +90,7 @@ def test_saved_folder_contents(saved_folder):
     processor = json.loads((folder / "preprocessor_config.json").read_text())
     assert processor["auto_map"]["AutoImageProcessor"].endswith("image_processing_vit_d2l.ViTD2LImageProcessor")
     # The shipped code imports only torch, numpy/PIL, the standard library and transformers, plus its siblings.
-    allowed = set(sys.stdlib_module_names) | {"torch", "transformers", "numpy", "PIL"}
+    allowed = set(sys.stdlib_module_names) | {"torch", "transformers", "huggingface_hub", "numpy", "PIL"}
     for name in CODE_FILES:
         for node in ast.walk(ast.parse((folder / name).read_text())):
             if isinstance(node, ast.Import):
@@ -171,8 +178,8 @@ SUBPROCESS_SCRIPT = textwrap.dedent(
 )
 
 
-def test_trust_remote_code_where_the_package_cannot_be_imported(saved_folder, tmp_path):
-    folder, model, pixel_values, logits = saved_folder
+def run_without_the_package(folder, pixel_values, tmp_path):
+    """Run SUBPROCESS_SCRIPT on `folder`; return its JSON result and its tensors."""
     inputs, output = tmp_path / "inputs.pt", tmp_path / "result.json"
     torch.save(pixel_values, inputs)
     workdir = tmp_path / "empty_cwd"
@@ -196,11 +203,35 @@ def test_trust_remote_code_where_the_package_cannot_be_imported(saved_folder, tm
     assert result["package_importable"] is False
     assert result["classes"] == ["ViTD2LForImageClassification", "ViTD2LModel", "ViTD2LImageProcessor"]
     assert all(module.startswith("transformers_modules.") for module in result["loaded_from"]), result
-    tensors = torch.load(str(output) + ".pt", weights_only=True)
-    torch.testing.assert_close(tensors["logits"], logits, rtol=0, atol=1e-6)
-    with torch.no_grad():
-        torch.testing.assert_close(tensors["pooled"], model.vit_d2l(pixel_values).pooler_output, rtol=0, atol=1e-6)
     labels = [r["label"] for r in result["pipeline"]]
     assert len(labels) == 3 and set(labels) <= set(FASHION_MNIST_LABELS)
     assert all(0 <= r["score"] <= 1 for r in result["pipeline"])
+    return result, torch.load(str(output) + ".pt", weights_only=True)
+
+
+def test_trust_remote_code_where_the_package_cannot_be_imported(saved_folder, tmp_path):
+    folder, model, pixel_values, logits = saved_folder
+    result, tensors = run_without_the_package(folder, pixel_values, tmp_path)
+    torch.testing.assert_close(tensors["logits"], logits, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(tensors["pooled"], model.vit_d2l(pixel_values).pooler_output, rtol=0, atol=1e-6)
     assert result["rgb_shape"] == [1, 1, 30, 30]
+
+
+def test_v0_1_0_checkpoint_loads_with_the_package():
+    expected = torch.load(FIXTURE_EXPECTED, weights_only=True)
+    model = AutoModelForImageClassification.from_pretrained(FIXTURE).eval()
+    assert type(model) is ViTD2LForImageClassification
+    with torch.no_grad():
+        torch.testing.assert_close(model(expected["pixel_values"]).logits, expected["logits"], rtol=0, atol=1e-6)
+
+
+def test_v0_1_0_checkpoint_loads_with_trust_remote_code_running_the_new_files(tmp_path):
+    """The fixture with its code files replaced by this version's: what a Hub user gets after a code update."""
+    expected = torch.load(FIXTURE_EXPECTED, weights_only=True)
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(FIXTURE, folder)
+    for name in CODE_FILES:
+        shutil.copyfile(PACKAGE_DIR / name, folder / name)
+    _, tensors = run_without_the_package(folder, expected["pixel_values"], tmp_path)
+    torch.testing.assert_close(tensors["logits"], expected["logits"], rtol=0, atol=1e-6)
