@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil, ViTModel
 
 from .configuration_vit_d2l import ViTD2LConfig
@@ -138,7 +139,10 @@ def _resolve_config(state_dict, config: ViTD2LConfig | Mapping | None) -> ViTD2L
             f"{BOOK_DEFAULT_NUM_HEADS} heads, and the number of heads cannot be read from the weights: pass it "
             "(config={'num_attention_heads': N}, or --num_heads N on the command line)."
         )
-    return ViTD2LConfig(**{"num_attention_heads": BOOK_DEFAULT_NUM_HEADS, **kwargs})
+    try:
+        return ViTD2LConfig(**{"num_attention_heads": BOOK_DEFAULT_NUM_HEADS, **kwargs})
+    except (ValueError, TypeError, StrictDataclassError) as err:  # the strict config names the field and the value
+        raise CheckpointConversionError(f"Invalid config for this checkpoint: {err.__cause__ or err}") from None
 
 
 def from_d2l_state_dict(

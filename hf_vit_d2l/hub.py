@@ -26,6 +26,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .configuration_vit_d2l import ViTD2LConfig
 from .data import HUB_DATASET_ID
 from .evaluation import ModelLoadError, check_model_folder
+from .image_processing_vit_d2l import LUMA
 from .utils import hub_available, save_folder_atomically
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -38,8 +39,6 @@ HYPERPARAMETERS = (
     "warmup_steps", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
     "label_smoothing_factor", "max_grad_norm", "bf16", "fp16",
 )  # fmt: skip
-# PIL's "L" conversion weights (ITU-R 601-2 luma), as the package's image processor uses.
-LUMA = (0.299, 0.587, 0.114)
 
 
 class RunFolderError(ValueError):
@@ -308,7 +307,7 @@ def stage_stock_vit(folder: str | os.PathLike, out_dir: str | os.PathLike, repo_
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
         source_repo_id=source_repo_id,
-        luma=", ".join(map(str, LUMA)),
+        luma=", ".join(f"{weight:g}" for weight in LUMA),
         image_size=size,
         dataset_name="Fashion-MNIST" if dataset_id == HUB_DATASET_ID else dataset_id or "its training images",
     )

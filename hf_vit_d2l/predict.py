@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from .evaluation import ModelLoadError, load_model_and_processor
+from .image_processing_vit_d2l import conversion_loses_information
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -64,15 +65,6 @@ def collect_images(paths: Iterable[str]) -> tuple[list[str], list[Prediction]]:
         else:
             errors.append(Prediction(path, error="no such file or folder"))
     return files, errors
-
-
-def conversion_loses_information(image: Image.Image) -> str | None:
-    """What the pipeline's `convert("RGB")` drops from this image, or None when it keeps everything."""
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
-        return "transparency (alpha) is dropped"
-    if image.mode.startswith(("I", "F")):
-        return f"mode {image.mode} (16/32-bit or float) is cut to 8 bits per channel"
-    return None
 
 
 def open_image(path: str) -> Image.Image:

@@ -240,11 +240,18 @@ def test_rgba_and_16_bit_images_get_one_note_and_the_processors_answer(model_fol
     assert main([str(rgba), str(deep), str(plain), "--model", model_folder, "--json", "--top_k", "10"]) == 0
     out, err = capsys.readouterr()
     assert err.count("note: converting 2 image(s) to RGB") == 1
+    from transformers import pipeline
+
+    classifier = pipeline("image-classification", model=model_folder)
     for entry in json.loads(out):
         with Image.open(entry["file"]) as image:
             reference = _reference_probs(model_folder, image.copy())  # the processor, called with the PIL image
+            by_pipeline = {p["label"]: p["score"] for p in classifier(image.copy(), top_k=10)}
         scores = {p["label"]: p["score"] for p in entry["predictions"]}
         assert [scores[n] for n in FASHION_MNIST_LABELS] == pytest.approx(reference.tolist(), abs=1e-6)
+        assert [scores[n] for n in FASHION_MNIST_LABELS] == pytest.approx(
+            [by_pipeline[n] for n in FASHION_MNIST_LABELS], abs=1e-6
+        )
 
 
 def _copy_model(model_folder, tmp_path, name):
