@@ -120,7 +120,8 @@ def save_attention_figure(image, model, processor, path, top_k: int = 3) -> list
     left.imshow(view, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     left.set_title("model input", fontsize=10)
     middle.imshow(overlay(view, maps.rollout[0].numpy()), interpolation="nearest")
-    middle.set_title("attention rollout", fontsize=10)
+    peak = float(maps.rollout[0].max() / maps.rollout[0].min().clamp_min(1e-12))
+    middle.set_title(f"attention rollout (yellow: {peak:.1f}x the darkest)", fontsize=10)
     for axis in (left, middle):
         axis.axis("off")
     names, probabilities = [name for name, _ in labels][::-1], [p for _, p in labels][::-1]

@@ -106,7 +106,7 @@ def build_demo(model, processor, examples=(), top_k: int = 5, title: str | None 
     size = model.config.image_size
     mean_pooling = getattr(model.config, "pooling", "cls") == "mean"
     pooling = "the mean of its patch tokens" if mean_pooling else "its `<cls>` token"
-    query = "all patches, averaged" if mean_pooling else "<cls>"
+    query = "the patches (averaged over all of them)" if mean_pooling else "the `<cls>` token"
     shown = {"interactive": False, "height": 300, "buttons": ["download"]}
     blank = Image.new("RGB", (280, 280))
     with gr.Blocks(title=title or "Fashion-MNIST ViT demo", analytics_enabled=False) as demo:
@@ -148,9 +148,11 @@ def build_demo(model, processor, examples=(), top_k: int = 5, title: str | None 
                 note = gr.Markdown(elem_id="note")
                 with gr.Row():
                     seen = gr.Image(label=f"What the model sees ({size}×{size})", **shown, elem_id="model-input")
-                    rollout = gr.Image(
-                        label=f"Attention rollout from {query} (bright = more)", **shown, elem_id="attention"
-                    )
+                    rollout = gr.Image(label="Attention rollout", **shown, elem_id="attention")
+                gr.Markdown(
+                    f"Bright patches receive the most attention flow from {query} through all "
+                    f"{model.config.num_hidden_layers} blocks (attention rollout, Abnar & Zuidema 2020)."
+                )
         outputs = [labels, seen, rollout, note]
 
         def from_upload(path):
