@@ -42,11 +42,6 @@ def attention_rollout(attentions, query: str = "<cls>") -> torch.Tensor:
     return flow / flow.sum(dim=-1, keepdim=True)
 
 
-def _query_row(weights: torch.Tensor, query: str) -> torch.Tensor:
-    """(B, heads, T, T) -> (B, heads, T - 1): the query's attention to the patches."""
-    return weights[:, :, 0, 1:] if query == "<cls>" else weights[:, :, 1:, 1:].mean(dim=2)
-
-
 @torch.no_grad()
 def compute_attention_maps(model, pixel_values: torch.Tensor) -> AttentionMaps:
     """`AttentionMaps` of a `ViTD2LForImageClassification` (or `ViTD2LModel`) for a batch of `pixel_values`.
@@ -59,7 +54,9 @@ def compute_attention_maps(model, pixel_values: torch.Tensor) -> AttentionMaps:
     attentions = model(pixel_values=pixel_values, output_attentions=True).attentions
     batch, height, width = pixel_values.shape[0], pixel_values.shape[-2], pixel_values.shape[-1]
     grid = round((attentions[0].shape[-1] - 1) ** 0.5)
-    per_block = torch.stack([_query_row(w.float(), query) for w in attentions], dim=1)
+    # (B, heads, T, T) per block -> (B, blocks, heads, T - 1): the query's attention to the patches.
+    rows = [w.float()[:, :, 0, 1:] if query == "<cls>" else w.float()[:, :, 1:, 1:].mean(dim=2) for w in attentions]
+    per_block = torch.stack(rows, dim=1)
     flow = attention_rollout(attentions, query).view(batch, 1, grid, grid)
     upsampled = torch.nn.functional.interpolate(flow, size=(height, width), mode="bilinear", align_corners=False)
     upsampled = upsampled[:, 0] / upsampled.sum(dim=(-1, -2))[:, 0, None, None]
@@ -67,9 +64,7 @@ def compute_attention_maps(model, pixel_values: torch.Tensor) -> AttentionMaps:
 
 
 def model_view(pixel_values: torch.Tensor) -> np.ndarray:
-    """One image of `pixel_values` (C, H, W) as the model sees it: (H, W) or (H, W, 3) floats in [0, 1].
-
-    Normalised inputs are stretched back to [0, 1] for display."""
+    """One (C, H, W) image of `pixel_values` for display: (H, W) or (H, W, 3) in [0, 1], normalised ones stretched."""
     array = pixel_values.detach().float().cpu().numpy()
     array = array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
     low, high = float(array.min()), float(array.max())
@@ -118,10 +113,10 @@ def save_attention_figure(image, model, processor, path, top_k: int = 3) -> list
     figure = Figure(figsize=(9, 3.2))
     left, middle, right = figure.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 1.3]})
     left.imshow(view, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    left.set_title("model input", fontsize=10)
+    left.set_title(f"model input ({view.shape[1]}x{view.shape[0]})", fontsize=10)
     middle.imshow(overlay(view, maps.rollout[0].numpy()), interpolation="nearest")
     peak = float(maps.rollout[0].max() / maps.rollout[0].min().clamp_min(1e-12))
-    middle.set_title(f"attention rollout (yellow: {peak:.1f}x the darkest)", fontsize=10)
+    middle.set_title(f"rollout (brightest = {peak:.1f}x darkest)", fontsize=10)
     for axis in (left, middle):
         axis.axis("off")
     names, probabilities = [name for name, _ in labels][::-1], [p for _, p in labels][::-1]

@@ -1,14 +1,13 @@
 """A Gradio web demo of a saved model (upload or draw an image; top labels, the model's input, attention rollout),
-and the folder of a Hugging Face Space that runs the same demo on a pushed model.
-
-Only torch, numpy, PIL, matplotlib, transformers and gradio are imported at module level: `write_space_folder`
-copies this file and `attention_maps.py` into the Space, next to a short `app.py`.
+and the folder of a Hugging Face Space that runs it on a pushed model: `write_space_folder` copies this file and
+`attention_maps.py` next to a short `app.py`, so both import only torch, numpy, PIL, matplotlib, transformers, gradio.
 """
 
 import gzip
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,13 +15,13 @@ from PIL import Image, ImageOps
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 from transformers.image_utils import load_image
 
-from .attention_maps import compute_attention_maps, enlarge, model_view, overlay
+from .attention_maps import compute_attention_maps, enlarge, model_view, overlay, top_labels
 
 FASHION_MNIST_TEST_IMAGES = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
 FASHION_MNIST_TEST_LABELS = "/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"
 # Modes whose conversion to RGB (transformers' `load_image` rule, which `pipeline` applies) loses information.
-LOSSY_MODES = {"RGBA": "transparency", "LA": "transparency", "PA": "transparency", "I;16": "16-bit depth"}
-LOSSY_MODES.update({"I;16B": "16-bit depth", "I": "32-bit depth", "F": "floating-point values"})
+LOSSY_MODES = {"RGBA": "transparency", "LA": "transparency", "PA": "transparency", "I;16": "16-bit depth",
+               "I;16B": "16-bit depth", "I": "32-bit depth", "F": "floating-point values"}  # fmt: skip
 
 
 def load_model(model: str, revision: str | None = None, trust_remote_code: bool = False):
@@ -44,16 +43,15 @@ def fashion_mnist_examples(folder: str, per_class: int = 1) -> list[str]:
     """Write the first `per_class` test images of each class as PNGs in `folder`; [] when the data is absent."""
     if not (os.path.isfile(FASHION_MNIST_TEST_IMAGES) and os.path.isfile(FASHION_MNIST_TEST_LABELS)):
         return []
-    with gzip.open(FASHION_MNIST_TEST_IMAGES) as f:
-        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(FASHION_MNIST_TEST_LABELS) as f:
-        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    # IDX files: a 16-byte header before the 28x28 uint8 images, an 8-byte one before the labels.
+    images = np.frombuffer(gzip.decompress(Path(FASHION_MNIST_TEST_IMAGES).read_bytes()), np.uint8, offset=16)
+    labels = np.frombuffer(gzip.decompress(Path(FASHION_MNIST_TEST_LABELS).read_bytes()), np.uint8, offset=8)
     os.makedirs(folder, exist_ok=True)
     paths = []
     for label in range(10):
         for index in np.flatnonzero(labels == label)[:per_class]:
             paths.append(os.path.join(folder, f"test_{index:04d}_class{label}.png"))
-            Image.fromarray(images[index], mode="L").save(paths[-1])
+            Image.fromarray(images.reshape(-1, 28, 28)[index], mode="L").save(paths[-1])
     return paths
 
 
@@ -80,9 +78,7 @@ def classify(image, model, processor, top_k: int = 5):
             )
         image = load_image(os.fspath(image))
     pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
-    probabilities = model(pixel_values=pixel_values).logits.float().softmax(dim=-1)[0]
-    values, indices = probabilities.topk(min(top_k, probabilities.numel()))
-    scores = {model.config.id2label[int(i)]: float(v) for v, i in zip(values, indices)}
+    scores = dict(top_labels(model, pixel_values, top_k))
     maps = compute_attention_maps(model, pixel_values)
     view = model_view(pixel_values[0])
     if looks_inverted(image):
@@ -94,11 +90,6 @@ def classify(image, model, processor, top_k: int = 5):
     return scores, enlarge(view), enlarge(overlay(view, maps.rollout[0].numpy())), "\n\n".join(notes)
 
 
-def invert(path):
-    """The uploaded image with its colours inverted (transparency dropped)."""
-    return None if path is None else ImageOps.invert(load_image(path))
-
-
 def build_demo(model, processor, examples=(), top_k: int = 5, title: str | None = None):
     """The Gradio `Blocks` app of a loaded model and its processor; `examples` are image file paths."""
     import gradio as gr
@@ -106,40 +97,33 @@ def build_demo(model, processor, examples=(), top_k: int = 5, title: str | None 
     size = model.config.image_size
     mean_pooling = getattr(model.config, "pooling", "cls") == "mean"
     pooling = "the mean of its patch tokens" if mean_pooling else "its `<cls>` token"
-    query = "the patches (averaged over all of them)" if mean_pooling else "the `<cls>` token"
+    query = "all patches (averaged)" if mean_pooling else "the `<cls>` token"
+    box = {"height": 300, "sources": ["upload", "clipboard"]}
     shown = {"interactive": False, "height": 300, "buttons": ["download"]}
-    blank = Image.new("RGB", (280, 280))
     with gr.Blocks(title=title or "Fashion-MNIST ViT demo", analytics_enabled=False) as demo:
         gr.Markdown(
             f"## {title or 'Fashion-MNIST Vision Transformer'}\n"
-            "Upload a picture of a garment, or draw one (white on black, like Fashion-MNIST). The model sees it as a "
+            "Upload a picture of a garment, or draw one (*Draw*, then the brush on the left). The model sees it as a "
             f"{size}×{size} {'grayscale' if model.config.num_channels == 1 else 'colour'} image and classifies it "
             f"from {pooling}."
         )
         with gr.Row():
             with gr.Column():
                 with gr.Tab("Upload"):
-                    upload = gr.Image(
-                        type="filepath",
-                        image_mode=None,
-                        format="png",
-                        label="Image",
-                        height=300,
-                        elem_id="upload",
-                        sources=["upload", "clipboard"],
-                    )
+                    # The file as uploaded (image_mode=None), read like `pipeline` reads files, in `classify`.
+                    upload = gr.Image(type="filepath", image_mode=None, format="png", **box, elem_id="upload")
                     invert_button = gr.Button("Invert colours", size="sm")
                 with gr.Tab("Draw"):
                     sketch = gr.Sketchpad(
-                        value={"background": blank, "layers": [], "composite": None},
                         type="pil",
-                        image_mode="RGB",
-                        brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"),
+                        image_mode="RGBA",
+                        brush=gr.Brush(colors=["#000000"], default_color="#000000", color_mode="fixed"),
                         canvas_size=(280, 280),
                         fixed_canvas=True,
                         layers=False,
                         transforms=(),
-                        label="Drawing",
+                        label="Drawing (the model gets it inverted: white on black)",
+                        elem_id="sketch",
                     )
                 if examples:
                     gr.Examples(examples=list(examples), inputs=upload, label="Fashion-MNIST test images")
@@ -150,23 +134,23 @@ def build_demo(model, processor, examples=(), top_k: int = 5, title: str | None 
                     seen = gr.Image(label=f"What the model sees ({size}×{size})", **shown, elem_id="model-input")
                     rollout = gr.Image(label="Attention rollout", **shown, elem_id="attention")
                 gr.Markdown(
-                    f"Bright patches receive the most attention flow from {query} through all "
-                    f"{model.config.num_hidden_layers} blocks (attention rollout, Abnar & Zuidema 2020)."
+                    f"Attention rollout (Abnar & Zuidema, 2020): bright patches are where the attention of {query} "
+                    f"ends up after all {model.config.num_hidden_layers} blocks."
                 )
         outputs = [labels, seen, rollout, note]
 
-        def from_upload(path):
-            return classify(path, model, processor, top_k)
-
         def from_sketch(value):
-            drawing = None if value is None else value.get("composite")
-            if drawing is None or not np.asarray(drawing).any():
+            composite = None if value is None else value.get("composite")
+            if composite is None:
                 return None, None, None, ""
-            return classify(drawing, model, processor, top_k)
+            # Strokes on a white (or transparent) canvas -> Fashion-MNIST's light item on black.
+            white = Image.new("RGBA", composite.size, "white")
+            drawing = ImageOps.invert(Image.alpha_composite(white, composite.convert("RGBA")).convert("L"))
+            return classify(drawing, model, processor, top_k) if np.asarray(drawing).any() else (None,) * 3 + ("",)
 
-        upload.change(from_upload, upload, outputs, api_name="classify")
+        upload.change(lambda path: classify(path, model, processor, top_k), upload, outputs, api_name="classify")
         sketch.change(from_sketch, sketch, outputs, api_name="classify_drawing", trigger_mode="always_last")
-        invert_button.click(invert, upload, upload, api_name=False)
+        invert_button.click(lambda path: path and ImageOps.invert(load_image(path)), upload, upload, api_name=False)
     return demo
 
 
@@ -202,12 +186,9 @@ if __name__ == "__main__":
 SPACE_README = """---
 title: {title}
 emoji: 👕
-colorFrom: indigo
-colorTo: gray
 sdk: gradio
 sdk_version: {gradio_version}
 app_file: app.py
-pinned: false
 license: apache-2.0
 models:
 - {model_repo_id}
@@ -222,32 +203,30 @@ image, see the top labels, the {image_size}×{image_size} input the model sees, 
 def write_space_folder(out_dir: str, model_repo_id: str, revision: str, image_size: int = 28) -> str:
     """Write a Hub Space (`app.py`, `requirements.txt`, `README.md`, the demo code, example images) to `out_dir`.
 
-    The app loads `model_repo_id` at `revision` with `trust_remote_code=True`; set `VIT_D2L_MODEL` to a folder or
-    another id to try it on something else. The folder is written atomically.
+    Its app loads `model_repo_id` at `revision` with `trust_remote_code=True` (env `VIT_D2L_MODEL`: another model).
     """
     import gradio
     import transformers
 
     from .utils import save_folder_atomically
 
-    title = f"{model_repo_id.split('/')[-1]} demo"
-    fields = {"model_repo_id": model_repo_id, "revision": revision, "title": title, "image_size": image_size}
-    requirements = [f"transformers=={transformers.__version__}", f"gradio=={gradio.__version__}"]
-    requirements += ["torch", "numpy", "pillow", "matplotlib"]
+    fields = {"model_repo_id": model_repo_id, "revision": revision, "image_size": image_size}
+    fields["title"] = f"{model_repo_id.split('/')[-1]} demo"
+    requirements = [f"transformers=={transformers.__version__}", f"gradio=={gradio.__version__}", "torch", "numpy"]
+    requirements += ["pillow", "matplotlib"]
+
+    files = {"app.py": SPACE_APP.format(**fields), "requirements.txt": "\n".join(requirements) + "\n"}
+    files["README.md"] = SPACE_README.format(gradio_version=gradio.__version__, **fields)
+    files["vit_d2l_demo/__init__.py"] = ""
 
     def write(folder):
-        with open(os.path.join(folder, "app.py"), "w") as f:
-            f.write(SPACE_APP.format(**fields))
-        with open(os.path.join(folder, "requirements.txt"), "w") as f:
-            f.write("\n".join(requirements) + "\n")
-        with open(os.path.join(folder, "README.md"), "w") as f:
-            f.write(SPACE_README.format(gradio_version=gradio.__version__, **fields))
-        code = os.path.join(folder, "vit_d2l_demo")
-        os.makedirs(code)
-        open(os.path.join(code, "__init__.py"), "w").close()
+        os.makedirs(os.path.join(folder, "vit_d2l_demo"))
+        for name, text in files.items():
+            with open(os.path.join(folder, name), "w") as f:
+                f.write(text)
         here = os.path.dirname(os.path.abspath(__file__))
         for name in ("demo.py", "attention_maps.py"):
-            shutil.copyfile(os.path.join(here, name), os.path.join(code, name))
+            shutil.copyfile(os.path.join(here, name), os.path.join(folder, "vit_d2l_demo", name))
         fashion_mnist_examples(os.path.join(folder, "examples"))
 
     return save_folder_atomically(out_dir, write, last="app.py")
@@ -257,10 +236,8 @@ def main(model: str, port: int | None = None, trust_remote_code: bool = False, t
     """Load `model` (a folder or Hub id) and serve the demo on 127.0.0.1 until interrupted."""
     loaded, processor = load_model(model, trust_remote_code=trust_remote_code)
     examples = fashion_mnist_examples(os.path.join(tempfile.gettempdir(), "hf_vit_d2l_demo_examples"))
-    name = os.path.basename(os.path.normpath(model))
-    build_demo(loaded, processor, examples, top_k=top_k, title=f"{name}: Fashion-MNIST ViT").launch(
-        **launch_kwargs(port)
-    )
+    title = f"{os.path.basename(os.path.normpath(model))}: Fashion-MNIST ViT"
+    build_demo(loaded, processor, examples, top_k=top_k, title=title).launch(**launch_kwargs(port))
 
 
 __all__ = ["build_demo", "classify", "load_model", "main", "write_space_folder"]

@@ -130,6 +130,7 @@ def chrome():
 
 
 def test_demo_in_headless_chromium(server, test_images, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -166,6 +167,20 @@ def test_demo_in_headless_chromium(server, test_images, tmp_path):
         wait.until(lambda b: "dark item" in b.find_element(By.ID, "note").text)
         next(b for b in browser.find_elements(By.TAG_NAME, "button") if b.text == "Invert colours").click()
         wait.until(lambda b: b.find_element(By.ID, "note").text.strip() == "" and top_label() == expected)
+
+        # A drawing (black strokes on the white canvas) is classified as the inverted, white-on-black image.
+        before = browser.find_element(By.CSS_SELECTOR, "#model-input img").get_attribute("src")
+        next(b for b in browser.find_elements(By.TAG_NAME, "button") if b.text == "Draw").click()
+        wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#sketch button[title='Brush']").is_displayed())
+        browser.find_element(By.CSS_SELECTOR, "#sketch button[title='Brush']").click()
+        stroke = ActionChains(browser).move_to_element_with_offset(
+            browser.find_element(By.CSS_SELECTOR, "#sketch canvas"), -40, -60
+        )
+        stroke.click_and_hold()
+        for _ in range(6):
+            stroke.move_by_offset(0, 20)
+        stroke.release().perform()
+        wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#model-input img").get_attribute("src") != before)
     finally:
         browser.quit()
     with Image.open(tmp_path / "demo.png") as screenshot:
