@@ -26,13 +26,14 @@ LOSSY_MODES = {"RGBA": "transparency", "LA": "transparency", "PA": "transparency
 
 def load_model(model: str, revision: str | None = None, trust_remote_code: bool = False):
     """`(model, image_processor)` from a saved folder or a Hub id; a one-line `ValueError` when that fails."""
-    if (os.sep in model or model.startswith(".")) and not os.path.isdir(model):
+    # USER/NAME may be a Hub id; a longer path, one starting with / . or ~, or one under a local folder is a folder.
+    folder_like = model.startswith(("/", ".", "~")) or model.count("/") > 1 or os.path.isdir(os.path.dirname(model))
+    if folder_like and not os.path.isdir(model):
         raise ValueError(f"{model}: no such folder. Pass a folder saved by scripts/train.py or a Hub id (USER/NAME).")
     try:
-        loaded = AutoModelForImageClassification.from_pretrained(
-            model, revision=revision, trust_remote_code=trust_remote_code
-        )
-        processor = AutoImageProcessor.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
+        options = {"revision": revision, "trust_remote_code": trust_remote_code}
+        loaded = AutoModelForImageClassification.from_pretrained(model, **options)
+        processor = AutoImageProcessor.from_pretrained(model, **options)
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"Could not load a model from {model}: {reason}") from None
@@ -57,9 +58,8 @@ def fashion_mnist_examples(folder: str, per_class: int = 1) -> list[str]:
 
 def looks_inverted(image: Image.Image) -> bool:
     """A light background (the image border is mostly bright), unlike Fashion-MNIST's light items on black."""
-    gray = np.asarray(image.convert("L"), dtype=np.float32)
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    return float(np.median(border)) > 127
+    gray = np.asarray(image.convert("L"))
+    return float(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]]))) > 127
 
 
 @torch.no_grad()

@@ -208,6 +208,17 @@ def test_demo_script_says_what_is_wrong_with_a_model_folder(model_folder, tmp_pa
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: Could not load a model from {damaged}")
 
 
+def test_load_model_tells_a_missing_folder_from_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for path in ("./nope", "runs/quick", "runs/quick/final", str(tmp_path / "nope")):
+        with pytest.raises(ValueError, match=r"^.*: no such folder\. Pass a folder saved by scripts/train\.py"):
+            load_model(path)
+    # USER/NAME is looked up on the Hub (offline or absent there: transformers' first line, after the id).
+    with pytest.raises(ValueError, match=r"^Could not load a model from someone/no-such-model: \S"):
+        load_model("someone/no-such-model")
+
+
 # Runs the Space's app.py in `python -I` with `hf_vit_d2l` refused, as on a Hub Space where it is not installed.
 SPACE_SCRIPT = textwrap.dedent(
     """
