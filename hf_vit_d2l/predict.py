@@ -21,9 +21,12 @@ import os
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
+from transformers.image_utils import load_image
 
+from .attention_maps import save_attention_figure
 from .evaluation import ModelLoadError, load_model_and_processor
 from .image_processing_vit_d2l import conversion_loses_information
 
@@ -144,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.add_argument(
+        "--attention_maps", metavar="DIR", help="also write one PNG per image: the input, the rollout, the top 3"
+    )
+    parser.add_argument(
         "--max_image_pixels",
         type=int,
         default=None,
@@ -174,8 +180,14 @@ def main(argv: list[str] | None = None) -> int:
 
     results, notes = list(missing), []
     show_bar = not args.no_progress and len(files) > 1
-    for prediction in predict_files(files, model, processor, args.top_k, args.batch_size, progress=show_bar):
+    for index, prediction in enumerate(
+        predict_files(files, model, processor, args.top_k, args.batch_size, progress=show_bar)
+    ):
         results.append(prediction)
+        if args.attention_maps and prediction.error is None:
+            os.makedirs(args.attention_maps, exist_ok=True)
+            figure = os.path.join(args.attention_maps, f"{index:04d}-{Path(prediction.path).stem}.png")
+            save_attention_figure(load_image(prediction.path), model, processor, figure)
         notes += [f"{prediction.path}: {prediction.note}"] if prediction.note else []
         if not args.json:
             if prediction.error:

@@ -310,3 +310,16 @@ def test_local_looking_path_is_not_reported_as_a_hub_problem(tmp_path, monkeypat
     (tmp_path / "outputs").mkdir()
     with pytest.raises(ModelLoadError, match="outputs/run1: no such folder"):
         load_model_and_processor("outputs/run1")  # one slash, like a Hub id, but outputs/ is a local folder
+
+
+def test_attention_maps_writes_one_figure_per_classified_image(model_folder, images, tmp_path, capsys):
+    _, made = images
+    maps = tmp_path / "maps"
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    argv = [made["gray.png"], made["rgba.png"], str(broken), "--model", model_folder, "--no_progress"]
+    assert main([*argv, "--attention_maps", str(maps)]) == 1  # the broken file fails alone
+    figures = sorted(p.name for p in maps.iterdir())
+    assert len(figures) == 2 and all(name.endswith(".png") for name in figures)
+    assert {name.split("-", 1)[1] for name in figures} == {"gray.png", "rgba.png"}
+    assert all(Image.open(maps / name).size[0] > 300 for name in figures)
