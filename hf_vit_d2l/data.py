@@ -266,54 +266,41 @@ def _standardise(dataset: DatasetDict, image_column: str, label_column: str) -> 
     return dataset
 
 
-def load_image_classification_dataset(
-    dataset_name: str | None = None,
-    dataset_config_name: str | None = None,
-    train_dir: str | None = None,
-    validation_dir: str | None = None,
-    data_dir: str | None = None,
-    image_column_name: str = "image",
-    label_column_name: str = "label",
-    cache_dir: str | None = None,
-    source: str = "auto",
-    seed: int = 42,
-) -> tuple[DatasetDict, str]:
+def load_image_classification_dataset(args: "DataArguments", cache_dir: str | None = None, seed: int = 42):
     """Any image-classification dataset as ``(DatasetDict(train, test), description of the source)``.
 
-    Fashion-MNIST by default (:func:`load_fashion_mnist`); ``train_dir``/``validation_dir``: image folders
-    (``<dir>/<class>/<image>``); else ``load_dataset(dataset_name, ...)`` (a Hub id, a local folder or a packaged
-    builder). The evaluation split is ``test``, else ``validation``, else a stratified, seeded 15% of train.
+    Fashion-MNIST by default (:func:`load_fashion_mnist`); ``--train_dir``/``--validation_dir``: image folders
+    (``<dir>/<class>/<image>``); else ``load_dataset(--dataset_name, ...)`` (a Hub id or a local folder). The
+    evaluation split is ``test``, else ``validation``, else a stratified, seeded 15% of train.
     """
-    if (train_dir or validation_dir) and dataset_name:
-        raise ValueError("Pass either --dataset_name or --train_dir/--validation_dir, not both.")
-    if train_dir or validation_dir:
-        folders = {"train": train_dir, "validation": validation_dir}
+    name = args.dataset_name
+    if args.train_dir or args.validation_dir:
+        folders = {"train": args.train_dir, "validation": args.validation_dir}
         for split, folder in folders.items():
             if folder is not None and not Path(folder).is_dir():
                 raise DataUnavailableError(f"--{split}_dir {folder}: no such folder.")
-        if train_dir is None:
-            raise ValueError("--validation_dir needs --train_dir as well.")
+        if name or not args.train_dir:
+            raise ValueError("Pass --train_dir (and optionally --validation_dir), or --dataset_name, not both.")
         files = {split: os.path.join(folder, "**") for split, folder in folders.items() if folder}
-        dataset, description = load_dataset("imagefolder", data_files=files, cache_dir=cache_dir), train_dir
-    elif dataset_name is None or dataset_name in FASHION_MNIST_NAMES:
-        dataset, description = _fashion_mnist_with_source(source, data_dir, cache_dir)
+        dataset, description = load_dataset("imagefolder", data_files=files, cache_dir=cache_dir), args.train_dir
+    elif name is None or name in FASHION_MNIST_NAMES:
+        dataset, description = _fashion_mnist_with_source(args.data_source, args.data_dir, cache_dir)
+    elif not Path(name).exists() and not hub_available():
+        raise DataUnavailableError(
+            f"--dataset_name {name!r} is not a local path and the Hub is not reachable. Give a local folder "
+            "(parquet/arrow/csv or image folders), or set HF_HUB_OFFLINE=1 to use a cached copy."
+        )
     else:
-        if not Path(dataset_name).exists() and not hub_available():
-            raise DataUnavailableError(
-                f"--dataset_name {dataset_name!r} is not a local path and the Hub is not reachable. Give a local "
-                "folder (parquet/arrow/csv or image folders), or set HF_HUB_OFFLINE=1 to use a cached copy."
-            )
         try:
-            dataset = load_dataset(dataset_name, dataset_config_name, data_dir=data_dir, cache_dir=cache_dir)
+            dataset = load_dataset(name, args.dataset_config_name, data_dir=args.data_dir, cache_dir=cache_dir)
         except (FileNotFoundError, ConnectionError) as err:
-            raise DataUnavailableError(f"Cannot load dataset {dataset_name!r}: {err}") from None
-        description = dataset_name
+            raise DataUnavailableError(f"Cannot load dataset {name!r}: {err}") from None
+        description = name
     if "train" not in dataset:
         raise ValueError(f"The dataset has no 'train' split; its splits are {list(dataset)}.")
     evaluation = "test" if "test" in dataset else "validation" if "validation" in dataset else None
-    dataset = _standardise(
-        DatasetDict({k: dataset[k] for k in ("train", evaluation) if k}), image_column_name, label_column_name
-    )
+    splits = DatasetDict({k: dataset[k] for k in ("train", evaluation) if k})
+    dataset = _standardise(splits, args.image_column_name, args.label_column_name)
     if evaluation is None:
         logger.warning("The dataset has no test or validation split: holding out 15%% of train (seed %d).", seed)
         held = train_validation_split(dataset["train"], 0.15, seed)
@@ -399,18 +386,7 @@ def _subset(dataset: Dataset, count: int | None, seed: int) -> Dataset:
 def load_splits(args: DataArguments, seed: int = 42, cache_dir: str | None = None):
     """``(train, evaluation, label_names, description)`` for a run: the test split, or with ``validation_size``
     the held-out training images; ``max_*_samples`` subsets (seeded)."""
-    dataset, description = load_image_classification_dataset(
-        args.dataset_name,
-        args.dataset_config_name,
-        args.train_dir,
-        args.validation_dir,
-        args.data_dir,
-        args.image_column_name,
-        args.label_column_name,
-        cache_dir=cache_dir,
-        source=args.data_source,
-        seed=seed,
-    )
+    dataset, description = load_image_classification_dataset(args, cache_dir, seed)
     train, evaluation = dataset["train"], dataset["test"]
     if args.validation_size is not None:
         size = args.validation_size

@@ -1,92 +1,236 @@
-"""Push a trained folder to the Hugging Face Hub with its generated model card.
+"""The model card of a trained folder and its upload to the Hugging Face Hub.
 
-`stage_for_upload` writes exactly the folder that is uploaded (model, config with full `auto_map`, the three code
-files, image processor, run JSONs, plots, README.md = the card); `push_to_hub` checks that the Hub can be reached
-and a token exists *before* it touches anything, then uploads the staged folder with `HfApi.create_repo` and
-`HfApi.upload_folder`. The training folder itself is only read, never modified.
+`build_model_card` renders `templates/model_card.md` (Jinja, via `huggingface_hub.ModelCard.from_template`) with
+values read from the run's own files: `config.json`, `run_info.json`, `all_results.json`, `trainer_state.json`, and
+after `scripts/evaluate.py` `eval_results.json` and `confusion_matrix.png`. A figure the folder lacks is written as
+"not measured". `push_to_hub` checks the folder, the token and the Hub *before* it touches anything, stages exactly
+the folder that is uploaded (the training folder itself is only read), and uploads it with `HfApi.create_repo` and
+`HfApi.upload_folder`.
+
+    from hf_vit_d2l.hub import build_model_card
+    build_model_card("outputs/vit_d2l_fashion_mnist", repo_id="me/vit-d2l-fashion-mnist").save("README.md")
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
-import socket
 import tempfile
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from .model_card import OUT_OF_DOMAIN_FILE, build_model_card, measure_out_of_domain
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-CODE_FILES = ("configuration_vit_d2l.py", "modeling_vit_d2l.py", "image_processing_vit_d2l.py")
-REQUIRED_AUTO_MAP = {
-    "AutoConfig": "configuration_vit_d2l.ViTD2LConfig",
-    "AutoModel": "modeling_vit_d2l.ViTD2LModel",
-    "AutoModelForImageClassification": "modeling_vit_d2l.ViTD2LForImageClassification",
-}
-# Top-level files of a training folder that are not part of the published model.
-_SKIPPED_PREFIXES = (".",)
-_SKIPPED_SUFFIXES = (".lock", ".tmp", ".partial")
+from .configuration_vit_d2l import ViTD2LConfig
+from .data import HUB_DATASET_ID
+from .evaluation import ModelLoadError, check_model_folder
+from .image_processing_vit_d2l import LUMA
+from .utils import hub_available, save_folder_atomically
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+NOT_MEASURED = "not measured"
+# Auto classes a Hub user without this package loads the model with (`trust_remote_code=True`).
+AUTO_CLASSES = ("AutoConfig", "AutoModel", "AutoModelForImageClassification")
+# TrainingArguments fields the card lists (from run_info.json's `training_args`), in this order.
+HYPERPARAMETERS = (
+    "learning_rate", "weight_decay", "optim", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler_type",
+    "warmup_steps", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "label_smoothing_factor", "max_grad_norm", "bf16", "fp16",
+)  # fmt: skip
+
+
+class RunFolderError(ValueError):
+    """The folder is not a readable training output folder (missing model files or malformed JSON)."""
 
 
 class HubPushError(RuntimeError):
     """The push cannot go ahead (offline, no token, incomplete folder); nothing was changed."""
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Figures of a run folder
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def flops_per_image(config: ViTD2LConfig) -> int:
+    """Forward FLOPs of one image, counting a multiply-add as 2 FLOPs (matrix products only; training is ~3x).
+
+    With T = num_patches + 1 tokens, d = hidden_size, m = intermediate_size, L = num_hidden_layers: the patch
+    convolution (every patch one (C*P*P) x d product), per block W_q/W_k/W_v/W_o on every token (4 T d^2), the
+    attention scores Q K^T and the weighted sum A V (T^2 d each, summed over heads) and the MLP (2 T d m), and the
+    head on the pooled vector.
+    """
+    n, d, m = config.num_patches, config.hidden_size, config.intermediate_size
+    t = n + 1
+    per_block = 4 * t * d * d + 2 * t * t * d + 2 * t * d * m
+    return 2 * (
+        n * config.num_channels * config.patch_size**2 * d
+        + config.num_hidden_layers * per_block
+        + d * config.num_labels
+    )
+
+
+def _read_json(folder: str, name: str) -> dict[str, Any]:
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunFolderError(f"{path} is not valid JSON ({err}). Re-run the step that writes it.") from None
+
+
+def count_parameters(folder: str) -> int:
+    """Parameters of the saved weights, read from the safetensors headers (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    total = 0
+    for name in (n for n in os.listdir(folder) if n.startswith("model") and n.endswith(".safetensors")):
+        with safe_open(os.path.join(folder, name), framework="np") as f:
+            total += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())  # noqa: SIM118
+    return total
+
+
+def get_test_accuracy(eval_results: dict, all_results: dict, run_info: dict) -> tuple[float, int | None, str] | None:
+    """(accuracy, samples, source file) of a test-split evaluation, preferring `eval_results.json`; else None.
+
+    The Trainer's final evaluation counts only when the run evaluated on the test split (not `--validation_size`).
+    """
+    if eval_results.get("accuracy") is not None and eval_results.get("eval_split", "test") == "test":
+        return eval_results["accuracy"], eval_results.get("num_samples"), "eval_results.json"
+    if all_results.get("eval_accuracy") is not None and run_info.get("eval_split", "test") == "test":
+        return all_results["eval_accuracy"], run_info.get("eval_samples"), "all_results.json"
+    return None
+
+
+def _epoch_rows(log_history: list[dict]) -> list[dict[str, float | None]]:
+    """Per-epoch train loss (the last one logged before the evaluation), eval loss and eval accuracy."""
+    rows, train_loss = [], None
+    for entry in log_history:
+        train_loss = entry.get("loss", train_loss)
+        if "eval_loss" in entry or "eval_accuracy" in entry:
+            rows.append({"epoch": entry.get("epoch"), "train_loss": train_loss, **entry})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The card
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _card_data(
+    repo_id: str | None, dataset_id: str | None, dataset_name: str, accuracy: float | None
+) -> ModelCardData:
+    """The card's YAML metadata: what the Hub validates and indexes (its model-index holds the test accuracy)."""
+    results = accuracy is not None and [
+        EvalResult(
+            task_type="image-classification",
+            dataset_type=dataset_id or "imagefolder",
+            dataset_name=dataset_name,
+            dataset_split="test",
+            metric_type="accuracy",
+            metric_value=accuracy,
+        )
+    ]
+    return ModelCardData(
+        library_name="transformers",
+        license="apache-2.0",
+        tags=["image-classification", "vision", "vit", "d2l"] + ["fashion-mnist"] * (dataset_id == HUB_DATASET_ID),
+        datasets=[dataset_id] if dataset_id else None,
+        metrics=["accuracy"],
+        pipeline_tag="image-classification",
+        model_name=(repo_id or "vit-d2l").split("/")[-1],
+        eval_results=results or None,
+    )
+
+
+def build_model_card(
+    folder: str | os.PathLike, repo_id: str | None = None, stock_vit_repo_id: str | None = None, revision: str = "main"
+) -> ModelCard:
+    """The Hub model card of a training output folder, every figure read from the folder's files.
+
+    `repo_id` (`user/name`) and `revision` (the commit the usage snippets pin) go into the usage snippets;
+    `stock_vit_repo_id` is the repository of the stock-transformers export, if one is pushed.
+    Raises `RunFolderError` when the folder is not a saved `vit_d2l` model or one of its JSON files is malformed.
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise RunFolderError(f"{folder} is not a folder. Pass the output folder of scripts/train.py.")
+    model_type = _read_json(folder, "config.json").get("model_type")
+    if model_type != ViTD2LConfig.model_type:
+        raise RunFolderError(
+            f"{folder} has no config.json of a vit_d2l model (model_type={model_type!r}). Pass the output folder of "
+            "scripts/train.py."
+        )
+    config = ViTD2LConfig.from_pretrained(folder)
+    run_info, all_results = _read_json(folder, "run_info.json"), _read_json(folder, "all_results.json")
+    eval_results = _read_json(folder, "eval_results.json")
+    accuracy, samples, source = get_test_accuracy(eval_results, all_results, run_info) or (None, None, None)
+    dataset_id = run_info.get("dataset_id")
+    dataset_name = "Fashion-MNIST" if dataset_id == HUB_DATASET_ID else dataset_id or run_info.get("dataset")
+    training_args = run_info.get("training_args") or {}
+    return ModelCard.from_template(
+        _card_data(repo_id, dataset_id, dataset_name or "local image folder", accuracy),
+        template_path=str(TEMPLATES / "model_card.md"),
+        model_name=(repo_id or "vit-d2l").split("/")[-1],
+        repo_id=repo_id or "YOUR_USER/vit-d2l",
+        revision=revision,
+        stock_vit_repo_id=stock_vit_repo_id,
+        config=config,
+        num_parameters=count_parameters(folder),
+        flops=flops_per_image(config),
+        dataset_id=dataset_id,
+        dataset_name=dataset_name,
+        run=run_info,
+        results=all_results,
+        hyperparameters=[(k, training_args[k]) for k in HYPERPARAMETERS if training_args.get(k) not in (None, -1)]
+        + [(k, run_info[k]) for k in ("seed", "num_processes", "global_batch_size") if k in run_info],
+        epochs=_epoch_rows(_read_json(folder, "trainer_state.json").get("log_history", [])),
+        accuracy=accuracy,
+        accuracy_samples=samples,
+        accuracy_source=source,
+        loss=eval_results.get("loss") if source == "eval_results.json" else all_results.get("eval_loss"),
+        evaluation=eval_results,
+        files=set(os.listdir(folder)),
+        not_measured=NOT_MEASURED,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Staging and pushing
+# ---------------------------------------------------------------------------------------------------------------
+
+
 def check_folder_complete(folder: str | os.PathLike) -> list[str]:
-    """Problems that would make the published folder unusable (empty list when complete)."""
+    """Problems that would make the published folder unusable (empty list when complete).
+
+    Beyond what loading needs (`hf_vit_d2l.evaluation.check_model_folder`: readable config, weights, processor),
+    a Hub user without this package needs an `auto_map` entry for each Auto class and every code file it names.
+    """
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         return [f"{folder} is not a folder"]
-    problems = []
-    names = set(os.listdir(folder))
-    if not any(n.startswith("model") and n.endswith(".safetensors") for n in names):
-        problems.append("no model weights (model.safetensors)")
-    if "model.safetensors.index.json" in names:
-        with open(os.path.join(folder, "model.safetensors.index.json"), encoding="utf-8") as f:
-            shards = set(json.load(f).get("weight_map", {}).values())
-        problems += [f"weight shard {s} listed in the index is missing" for s in sorted(shards - names)]
-    if "config.json" not in names:
-        problems.append("no config.json")
-    else:
-        try:
-            with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-                auto_map = json.load(f).get("auto_map") or {}
-        except json.JSONDecodeError as err:
-            problems.append(f"config.json is not valid JSON ({err})")
-            auto_map = None
-        if auto_map is not None:
-            for key, value in REQUIRED_AUTO_MAP.items():
-                if auto_map.get(key) != value:
-                    problems.append(f"config.json auto_map[{key!r}] is {auto_map.get(key)!r}, expected {value!r}")
-    problems += [f"code file {name} is missing" for name in CODE_FILES if name not in names]
-    if "preprocessor_config.json" not in names:
-        problems.append("no preprocessor_config.json (image processor)")
-    return problems
+    try:
+        auto_map = check_model_folder(folder).get("auto_map") or {}
+    except ModelLoadError as err:
+        return [str(err)]
+    auto_map.update(_read_json(folder, "preprocessor_config.json").get("auto_map") or {})
+    problems = [f"config.json has no auto_map entry for {key}" for key in AUTO_CLASSES if key not in auto_map]
+    code_files = sorted({reference.split(".")[0] + ".py" for reference in auto_map.values()})
+    missing = [name for name in code_files if not os.path.isfile(os.path.join(folder, name))]
+    return problems + [f"code file {name} is missing" for name in missing]
 
 
 def _fail_if_incomplete(folder: str) -> None:
-    problems = check_folder_complete(folder)
+    problems = "; ".join(problem.rstrip(".") for problem in check_folder_complete(folder))
     if problems:
         raise HubPushError(
-            f"{folder} is not a complete model folder: "
-            + "; ".join(problems)
-            + ". Save it with ViTD2LForImageClassification.save_pretrained and ViTD2LImageProcessor.save_pretrained "
-            "after `import hf_vit_d2l` (scripts/train.py does both)."
+            f"{folder} is not a complete model folder: {problems}. Save it with save_pretrained (model and image "
+            "processor) after `import hf_vit_d2l`, as scripts/train.py does."
         )
-
-
-def _files_to_publish(folder: str) -> list[str]:
-    """Top-level regular files of the folder (no checkpoint-*/runs/ subfolders, hidden or temporary files)."""
-    names = []
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path) or name.startswith(_SKIPPED_PREFIXES) or name.endswith(_SKIPPED_SUFFIXES):
-            continue
-        if name == "README.md":  # replaced by the generated card
-            continue
-        names.append(name)
-    return names
 
 
 def stage_for_upload(
@@ -94,42 +238,27 @@ def stage_for_upload(
     out_dir: str | os.PathLike,
     repo_id: str | None = None,
     stock_vit_repo_id: str | None = None,
-    out_of_domain: dict[str, Any] | None = None,
+    revision: str = "main",
 ) -> str:
-    """Write the folder that would be uploaded to `out_dir`, atomically (a temporary folder, then a rename).
+    """Write the folder that would be uploaded to `out_dir` (a new or empty folder), crash-safely; return its path.
 
-    `out_dir` must not exist yet, or be an empty folder, so that nothing is ever overwritten. Returns its path.
+    It holds the folder's top-level files (no checkpoints, no hidden files) and README.md = the card, built from
+    the staged copy so that it describes exactly what is uploaded.
     """
-    folder = os.path.abspath(os.fspath(folder))
-    out_dir = os.path.abspath(os.fspath(out_dir))
+    folder, out_dir = os.path.abspath(os.fspath(folder)), os.path.abspath(os.fspath(out_dir))
     _fail_if_incomplete(folder)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise HubPushError(f"{out_dir} already exists and is not an empty folder; choose a new output folder.")
     if out_dir == folder or out_dir.startswith(folder + os.sep):
         raise HubPushError(f"The output folder {out_dir} must lie outside the model folder {folder}.")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.staging-", dir=parent)
-    try:
-        for name in _files_to_publish(folder):
-            shutil.copy2(os.path.join(folder, name), os.path.join(staging, name))
-        if out_of_domain is not None:
-            with open(os.path.join(staging, OUT_OF_DOMAIN_FILE), "w", encoding="utf-8") as f:
-                json.dump(out_of_domain, f, indent=2)
-        # Built from the staged copy, so the card describes exactly what is uploaded.
-        card = build_model_card(staging, repo_id=repo_id, stock_vit_repo_id=stock_vit_repo_id)
-        card.save(os.path.join(staging, "README.md"))
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)  # empty, checked above
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out_dir
 
+    def write(staging: str) -> None:
+        for name in sorted(os.listdir(folder)):
+            if os.path.isfile(os.path.join(folder, name)) and not name.startswith(".") and name != "README.md":
+                shutil.copy2(os.path.join(folder, name), os.path.join(staging, name))
+        build_model_card(staging, repo_id, stock_vit_repo_id, revision).save(os.path.join(staging, "README.md"))
 
-# PIL's "L" conversion weights (ITU-R 601-2 luma), as the package's image processor uses.
-_LUMA = (0.299, 0.587, 0.114)
+    return save_folder_atomically(out_dir, write, last="README.md")
 
 
 def rgb_input_stock_vit(stock):
@@ -139,129 +268,74 @@ def rgb_input_stock_vit(stock):
     back to grayscale, so a 1-channel stock ViT fails on every pipeline call. A convolution is linear in its
     input, so conv(w, luma(RGB)) = conv(w * luma_weights, RGB): the returned model gives, on any RGB image, the
     logits the original gives on that image's grayscale version (exactly for gray images, whose R = G = B, since
-    the weights sum to 1; for colour images the package's processor rounds the grayscale image to 8 bits first,
-    a difference below 0.5/255 per pixel).
+    the weights sum to 1; for colour images the package's processor rounds the grayscale image to 8 bits first).
     """
     import torch
-    from torch import nn
 
     embeddings = stock.vit.embeddings.patch_embeddings
     conv = embeddings.projection
     if conv.in_channels != 1:
         return stock
-    rgb = nn.Conv2d(3, conv.out_channels, kernel_size=conv.kernel_size, stride=conv.stride, bias=conv.bias is not None)
+    rgb = torch.nn.Conv2d(3, conv.out_channels, conv.kernel_size, stride=conv.stride, bias=conv.bias is not None)
     with torch.no_grad():
-        rgb.weight.copy_(conv.weight * torch.tensor(_LUMA, dtype=conv.weight.dtype).view(1, 3, 1, 1))
+        rgb.weight.copy_(conv.weight * torch.tensor(LUMA, dtype=conv.weight.dtype).view(1, 3, 1, 1))
         if conv.bias is not None:
             rgb.bias.copy_(conv.bias)
     embeddings.projection = rgb.to(conv.weight.device)
-    embeddings.num_channels = 3
-    stock.config.num_channels = 3
+    embeddings.num_channels = stock.config.num_channels = 3
     return stock
 
 
 def stage_stock_vit(folder: str | os.PathLike, out_dir: str | os.PathLike, repo_id: str, source_repo_id: str) -> str:
-    """The stock-transformers export (`hf_vit_d2l.to_transformers_vit`) with a stock image processor and a card."""
+    """The stock-transformers export (`hf_vit_d2l.to_transformers_vit`, RGB input) with a stock processor and card."""
     from transformers import ViTImageProcessorPil
 
-    from . import ViTD2LForImageClassification
+    from .convert import to_transformers_vit
+    from .modeling_vit_d2l import ViTD2LForImageClassification
 
-    try:
-        from . import to_transformers_vit
-    except ImportError as err:
-        raise HubPushError(
-            "hf_vit_d2l.to_transformers_vit is not available in this installation; push without --also_stock_vit_repo."
-        ) from err
-    folder = os.fspath(folder)
-    out_dir = os.path.abspath(os.fspath(out_dir))
     if os.path.exists(out_dir):
         raise HubPushError(f"{out_dir} already exists; choose a new output folder for the stock-ViT export.")
     model = ViTD2LForImageClassification.from_pretrained(folder).eval()
     stock = rgb_input_stock_vit(to_transformers_vit(model))
-    config = model.config
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.staging-", dir=parent)
-    try:
+    size = model.config.image_size
+    # Grayscale files become R = G = B, which the RGB patch embedding maps back to the original's input.
+    processor = ViTImageProcessorPil(size={"height": size, "width": size}, do_normalize=False, do_convert_rgb=True)
+    dataset_id = _read_json(os.fspath(folder), "run_info.json").get("dataset_id")
+    card = ModelCard.from_template(
+        _card_data(repo_id, dataset_id, dataset_id, accuracy=None),
+        template_path=str(TEMPLATES / "stock_vit_card.md"),
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        source_repo_id=source_repo_id,
+        luma=", ".join(f"{weight:g}" for weight in LUMA),
+        image_size=size,
+        dataset_name="Fashion-MNIST" if dataset_id == HUB_DATASET_ID else dataset_id or "its training images",
+    )
+
+    def write(staging: str) -> None:
         stock.save_pretrained(staging)
-        ViTImageProcessorPil(
-            size={"height": config.image_size, "width": config.image_size},
-            do_normalize=False,
-            do_rescale=True,
-            do_convert_rgb=True,  # grayscale files become R = G = B, which the RGB patch embedding maps back
-        ).save_pretrained(staging)
-        card = "\n".join(
-            [
-                "---",
-                "library_name: transformers",
-                "license: apache-2.0",
-                "pipeline_tag: image-classification",
-                "tags: [image-classification, vision, vit, d2l, fashion-mnist]",
-                "datasets: [zalando-datasets/fashion_mnist]",
-                "---",
-                "",
-                f"# {repo_id.split('/')[-1]}",
-                "",
-                f"The model of [{source_repo_id}](https://huggingface.co/{source_repo_id}) (the Vision Transformer of "
-                "*Dive into Deep Learning*) converted to a stock `transformers.ViTForImageClassification` with "
-                "`hf_vit_d2l.to_transformers_vit`: no remote code is needed. The grayscale conversion is folded into "
-                "the patch embedding (its weights times the luma weights 0.299, 0.587, 0.114), so the model takes "
-                "RGB input, as the `pipeline` gives it; on grayscale images its logits equal the original's in eval "
-                f"mode. See [{source_repo_id}](https://huggingface.co/{source_repo_id}) for its training, "
-                "evaluation and limits.",
-                "",
-                f"Input: {config.image_size}x{config.image_size} RGB (the image processor resizes and converts any "
-                "image); the domain is Fashion-MNIST's, a white clothing item on black.",
-                "",
-                "```python",
-                "from PIL import Image",
-                "from transformers import pipeline",
-                "",
-                f'classifier = pipeline("image-classification", model="{repo_id}")',
-                'print(classifier(Image.open("my_image.png"), top_k=3))',
-                "```",
-                "",
-            ]
-        )
-        with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as f:
-            f.write(card)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out_dir
+        processor.save_pretrained(staging)
+        card.save(os.path.join(staging, "README.md"))
+
+    return save_folder_atomically(out_dir, write)
 
 
-def check_hub_ready(timeout: float = 3.0) -> str:
-    """Raise `HubPushError` unless uploading can work: not offline, a token, and the endpoint reachable.
-
-    Returns the token. The reachability probe is one TCP connection with a short timeout, so an unreachable Hub
-    fails in seconds instead of after huggingface_hub's retries.
-    """
+def check_hub_ready() -> str:
+    """The token, or a `HubPushError` when uploading cannot work: offline mode, no token, or the Hub unreachable."""
     from huggingface_hub import constants, get_token
 
+    fallback = "or use --dry_run OUT_DIR to write the folder that would be uploaded. Nothing was changed."
     if constants.HF_HUB_OFFLINE:
         raise HubPushError(
-            "HF_HUB_OFFLINE is set, so nothing can be uploaded. Unset it (and HF_DATASETS_OFFLINE) on a machine with "
-            "internet access, or use --dry_run OUT_DIR to write the folder that would be uploaded. Nothing was "
-            "changed."
+            f"HF_HUB_OFFLINE is set, so nothing can be uploaded. Unset it on a machine online, {fallback}"
         )
     token = get_token()
     if not token:
+        raise HubPushError(f"No Hugging Face token found. Run `hf auth login` (or set HF_TOKEN), {fallback}")
+    if not hub_available():
         raise HubPushError(
-            "No Hugging Face token found. Run `hf auth login` (or set HF_TOKEN to a token with write access), or use "
-            "--dry_run OUT_DIR to write the folder that would be uploaded. Nothing was changed."
+            f"Cannot reach the Hub at {constants.ENDPOINT}. Check the network (or HF_ENDPOINT), {fallback}"
         )
-    endpoint = urlparse(constants.ENDPOINT)
-    host = endpoint.hostname or "huggingface.co"
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as err:
-        raise HubPushError(
-            f"Cannot reach the Hub at {constants.ENDPOINT} ({err}). Check the network (or HF_ENDPOINT), or use "
-            "--dry_run OUT_DIR to write the folder that would be uploaded. Nothing was changed."
-        ) from err
     return token
 
 
@@ -271,14 +345,12 @@ def push_to_hub(
     private: bool = False,
     stock_vit_repo_id: str | None = None,
     dry_run_dir: str | os.PathLike | None = None,
-    measure_ood: bool = True,
-    data_dir: str = "/usr/share/datasets/fashion-mnist",
-    ood_samples: int = 1000,
-    commit_message: str | None = None,
-) -> dict[str, Any]:
+) -> dict[str, str | None]:
     """Stage the folder with its card and upload it (or, with `dry_run_dir`, only write the staged folder).
 
-    Returns `{"staged": path or None, "url": repo URL or None, "stock_vit_url": ... }`.
+    The card of an upload pins, in its `trust_remote_code=True` snippets, the commit that holds the code: a second
+    commit sets that revision once the first one has a hash. Returns the staged folders (`"staged"`,
+    `"stock_vit_staged"`) of a dry run, or the repository URLs (`"url"`, `"stock_vit_url"`) of an upload.
     """
     folder = os.path.abspath(os.fspath(folder))
     if not repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
@@ -286,61 +358,45 @@ def push_to_hub(
     if stock_vit_repo_id is not None and (stock_vit_repo_id.count("/") != 1 or stock_vit_repo_id == repo_id):
         raise HubPushError(f"--also_stock_vit_repo must be a second USER/NAME repository, got {stock_vit_repo_id!r}.")
     _fail_if_incomplete(folder)
-    if stock_vit_repo_id is not None:
-        with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
-            pooling = json.load(handle).get("pooling", "cls")
-        if pooling != "cls":
-            raise HubPushError(
-                f"--also_stock_vit_repo: this model uses pooling={pooling!r}, which stock transformers ViT cannot "
-                "express (it classifies the <cls> token only). Drop --also_stock_vit_repo for this model."
-            )
-    token = None if dry_run_dir is not None else check_hub_ready()
-
-    out_of_domain = None
-    if measure_ood and not os.path.isfile(os.path.join(folder, OUT_OF_DOMAIN_FILE)):
-        try:
-            out_of_domain = measure_out_of_domain(folder, data_dir=data_dir, num_samples=ood_samples)
-        except FileNotFoundError as err:
-            print(f"Out-of-domain probe skipped: {err}")
-
-    if dry_run_dir is not None:
-        staged = stage_for_upload(folder, dry_run_dir, repo_id, stock_vit_repo_id, out_of_domain)
-        stock_staged = None
-        if stock_vit_repo_id:
-            stock_staged = stage_stock_vit(folder, staged + "-stock-vit", stock_vit_repo_id, repo_id)
-        return {"staged": staged, "stock_vit_staged": stock_staged, "url": None, "stock_vit_url": None}
-
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    result: dict[str, Any] = {"staged": None, "stock_vit_staged": None}
-    with tempfile.TemporaryDirectory(prefix="vit_d2l_push_") as tmp:
-        staged = stage_for_upload(folder, os.path.join(tmp, "model"), repo_id, stock_vit_repo_id, out_of_domain)
-        url = api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(
-            repo_id=repo_id,
-            folder_path=staged,
-            commit_message=commit_message or "Upload ViT (d2l) trained on Fashion-MNIST with its model card",
+    pooling = _read_json(folder, "config.json").get("pooling", "cls")
+    if stock_vit_repo_id is not None and pooling != "cls":
+        raise HubPushError(
+            f"--also_stock_vit_repo: this model uses pooling={pooling!r}, which stock transformers ViT cannot express "
+            "(it classifies the <cls> token only). Drop --also_stock_vit_repo for this model."
         )
-        result["url"] = str(url)
-        result["stock_vit_url"] = None
-        if stock_vit_repo_id:
-            stock_staged = stage_stock_vit(folder, os.path.join(tmp, "stock"), stock_vit_repo_id, repo_id)
-            stock_url = api.create_repo(stock_vit_repo_id, private=private, exist_ok=True)
+    token = None if dry_run_dir is not None else check_hub_ready()
+    with tempfile.TemporaryDirectory(prefix="vit_d2l_push_") as tmp:
+        staged = stage_for_upload(folder, dry_run_dir or os.path.join(tmp, "model"), repo_id, stock_vit_repo_id)
+        stock = stock_vit_repo_id and stage_stock_vit(folder, staged + "-stock-vit", stock_vit_repo_id, repo_id)
+        if dry_run_dir is not None:
+            return {"staged": staged, "stock_vit_staged": stock}
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        result = {"url": str(api.create_repo(repo_id, private=private, exist_ok=True))}
+        commit = api.upload_folder(repo_id=repo_id, folder_path=staged, commit_message="Upload ViT (d2l) and its card")
+        card = build_model_card(staged, repo_id, stock_vit_repo_id, revision=commit.oid)
+        message = f"Model card: pin the code of commit {commit.oid[:8]} in the usage snippets"
+        api.upload_file(
+            path_or_fileobj=str(card).encode(), path_in_repo="README.md", repo_id=repo_id, commit_message=message
+        )
+        if stock:
+            result["stock_vit_url"] = str(api.create_repo(stock_vit_repo_id, private=private, exist_ok=True))
             api.upload_folder(
-                repo_id=stock_vit_repo_id,
-                folder_path=stock_staged,
-                commit_message="Upload the stock transformers ViT export of the d2l ViT",
+                repo_id=stock_vit_repo_id, folder_path=stock, commit_message="Upload the stock ViT export"
             )
-            result["stock_vit_url"] = str(stock_url)
     return result
 
 
 __all__ = [
-    "CODE_FILES",
     "HubPushError",
+    "RunFolderError",
+    "build_model_card",
     "check_folder_complete",
     "check_hub_ready",
+    "count_parameters",
+    "flops_per_image",
+    "get_test_accuracy",
     "push_to_hub",
     "rgb_input_stock_vit",
     "stage_for_upload",

@@ -548,7 +548,7 @@ def train_and_evaluate(trainer: Trainer, checkpoint: str | None, run_info: dict)
     trainer.save_metrics("eval", eval_metrics)
 
     if trainer.is_world_process_zero():
-        from .plotting import plot_training_curves
+        from .evaluation import plot_training_curves
 
         run_info.update(
             train_runtime=train_metrics.get("train_runtime"), eval_accuracy=eval_metrics.get("eval_accuracy")

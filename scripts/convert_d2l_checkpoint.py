@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from hf_vit_d2l.convert import CheckpointConversionError, convert_d2l_checkpoint, parse_config_overrides
+from hf_vit_d2l.convert import CheckpointConversionError, convert_d2l_checkpoint
+from hf_vit_d2l.presets import parse_config_overrides
 
 
 @dataclass
@@ -50,18 +51,19 @@ class ConvertArguments:
         metadata={"help": "Write stock transformers ViTForImageClassification (loads without remote code)."},
     )
 
+    def __post_init__(self):
+        self.overrides = parse_config_overrides(self.config_overrides)
+        if self.num_heads is not None:
+            if {"num_heads", "num_attention_heads"} & set(self.overrides):
+                raise ValueError("Give the number of heads once: --num_heads or --config_overrides, not both.")
+            self.overrides["num_attention_heads"] = self.num_heads
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = HfArgumentParser(ConvertArguments)
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
     try:
-        overrides = parse_config_overrides(args.config_overrides)
-        if args.num_heads is not None:
-            if any(k in overrides for k in ("num_heads", "num_attention_heads")):
-                raise ValueError("Give the number of heads once: --num_heads or --config_overrides, not both.")
-            overrides["num_attention_heads"] = args.num_heads
+        (args,) = HfArgumentParser(ConvertArguments).parse_args_into_dataclasses(args=argv)
         folder = convert_d2l_checkpoint(
-            args.checkpoint, args.output_dir, config_overrides=overrides, to_transformers=args.to_transformers
+            args.checkpoint, args.output_dir, config_overrides=args.overrides, to_transformers=args.to_transformers
         )
     except (FileNotFoundError, CheckpointConversionError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

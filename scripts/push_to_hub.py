@@ -8,22 +8,17 @@
     python scripts/push_to_hub.py outputs/vit_d2l_fashion_mnist --repo_id USER/vit-d2l-fashion-mnist \\
         --also_stock_vit_repo USER/vit-d2l-fashion-mnist-stock-vit
 
-The folder is the output of scripts/train.py, evaluated with scripts/evaluate.py. It is only read: the card and
-plots go into a staged copy. Before anything is uploaded, the script checks that the folder is complete (weights,
-config with a full auto_map, the three code files, preprocessor config) and that a token exists and the Hub
-answers; offline it stops at once with a clear message. Unless --skip_ood_probe, it measures the model on inverted
-and photo-like images (the card's "limitations" figures) on the local Fashion-MNIST test split.
+The folder is the output of scripts/train.py, evaluated with scripts/evaluate.py. It is only read: the card goes
+into a staged copy. Before anything is uploaded, the script checks that the folder is complete and loadable
+(weights, config with a full auto_map, the three code files, preprocessor config) and that a token exists and the
+Hub answers; offline it stops at once with a clear message.
 """
 
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Python puts this script's folder first on sys.path, where scripts/evaluate.py would shadow the `evaluate` library.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-from transformers import HfArgumentParser  # noqa: E402
+from transformers import HfArgumentParser
 
 try:
     import hf_vit_d2l  # noqa: F401
@@ -45,14 +40,10 @@ class PushArguments:
         default=None,
         metadata={"help": "Also upload the stock transformers ViT export (hf_vit_d2l.to_transformers_vit) here."},
     )
-    skip_ood_probe: bool = field(
-        default=False, metadata={"help": "Do not measure the out-of-domain behaviour for the card."}
-    )
-    data_dir: str = field(
-        default="/usr/share/datasets/fashion-mnist",
-        metadata={"help": "Folder with the Fashion-MNIST t10k IDX files (for the out-of-domain probe)."},
-    )
-    ood_samples: int = field(default=1000, metadata={"help": "Test images used by the out-of-domain probe."})
+
+    def __post_init__(self):
+        if not Path(self.folder).is_dir():
+            raise ValueError(f"{self.folder}: no such folder. Pass the output folder of scripts/train.py.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,28 +51,25 @@ def main(argv: list[str] | None = None) -> int:
     # The folder is positional on the command line: `push_to_hub.py FOLDER --repo_id ...`.
     if argv and not argv[0].startswith("-"):
         argv = ["--folder", argv[0], *argv[1:]]
-    (args,) = HfArgumentParser(PushArguments).parse_args_into_dataclasses(args=argv)
     try:
+        (args,) = HfArgumentParser(PushArguments).parse_args_into_dataclasses(args=argv)
         result = push_to_hub(
             args.folder,
             args.repo_id,
-            private=args.private,
+            args.private,
             stock_vit_repo_id=args.also_stock_vit_repo,
             dry_run_dir=args.dry_run,
-            measure_ood=not args.skip_ood_probe,
-            data_dir=args.data_dir,
-            ood_samples=args.ood_samples,
         )
-    except HubPushError as err:
+    except (HubPushError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
         print(f"Dry run: wrote the folder that would be uploaded to {result['staged']}")
-        if result["stock_vit_staged"]:
+        if result.get("stock_vit_staged"):
             print(f"Dry run: wrote the stock-ViT export to {result['stock_vit_staged']}")
     else:
         print(f"Uploaded to {result['url']}")
-        if result["stock_vit_url"]:
+        if result.get("stock_vit_url"):
             print(f"Uploaded the stock-ViT export to {result['stock_vit_url']}")
     return 0
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from d2l_reference import ViT
 from transformers import AutoModelForImageClassification, ViTForImageClassification, ViTModel
 
 from hf_vit_d2l import (
@@ -18,8 +19,8 @@ from hf_vit_d2l import (
     from_transformers_vit,
     to_transformers_vit,
 )
-from hf_vit_d2l.convert import infer_d2l_config_kwargs, load_d2l_checkpoint, parse_config_overrides, to_d2l_state_dict
-from d2l_reference import ViT
+from hf_vit_d2l.convert import infer_d2l_config_kwargs, load_d2l_checkpoint, to_d2l_state_dict
+from hf_vit_d2l.presets import parse_config_overrides
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_d2l_checkpoint.py"
 TINY = {"img_size": 30, "patch_size": 3, "num_hiddens": 32, "mlp_num_hiddens": 37, "num_heads": 4, "num_blks": 2}
@@ -217,7 +218,7 @@ def test_test_time_flip_export_warns_and_matches_one_view(caplog):
     model = ViTD2LForImageClassification(config).eval()
     with caplog.at_level("WARNING", logger="hf_vit_d2l.convert"):
         stock = to_transformers_vit(model)
-    assert "test_time_flip=True (flip test-time augmentation) has no counterpart in stock ViT" in caplog.text
+    assert "Stock ViT has no counterpart of test_time_flip" in caplog.text
     with torch.no_grad():
         two_views = model(images()).logits
         model.config.test_time_flip = False

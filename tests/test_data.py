@@ -185,7 +185,7 @@ def test_parquet_hub_schema_dataset(tiny_parquet_dataset, fashion_mnist_arrays):
     files = {"train": tiny_parquet_dataset["train"], "test": tiny_parquet_dataset["test"]}
     direct = load_dataset("parquet", data_files=files)
     assert direct["train"].features == D.fashion_mnist_features()
-    for loaded, _ in (D.load_image_classification_dataset(dataset_name=tiny_parquet_dataset["dir"]),):
+    for loaded, _ in (D.load_image_classification_dataset(D.DataArguments(dataset_name=tiny_parquet_dataset["dir"])),):
         assert dict(loaded.num_rows) == {"train": TINY_TRAIN, "test": TINY_TEST}
         assert loaded["test"].features == D.fashion_mnist_features()
         assert loaded["train"]["label"] == fashion_mnist_arrays["train"][1][:TINY_TRAIN].tolist()
@@ -195,10 +195,10 @@ def test_parquet_hub_schema_dataset(tiny_parquet_dataset, fashion_mnist_arrays):
 def test_missing_label_column_lists_columns_and_flag(tiny_parquet_dataset):
     folder = tiny_parquet_dataset["dir"]
     with pytest.raises(ValueError, match=r"no column 'labels'; its columns are \['image', 'label'\]") as info:
-        D.load_image_classification_dataset(dataset_name=folder, label_column_name="labels")
+        D.load_image_classification_dataset(D.DataArguments(dataset_name=folder, label_column_name="labels"))
     assert "--label_column_name" in str(info.value)
     with pytest.raises(ValueError, match="--image_column_name"):
-        D.load_image_classification_dataset(dataset_name=folder, image_column_name="img")
+        D.load_image_classification_dataset(D.DataArguments(dataset_name=folder, image_column_name="img"))
 
 
 def test_custom_columns_string_labels_and_validation_split(tiny_parquet_dataset, tmp_path):
@@ -209,9 +209,8 @@ def test_custom_columns_string_labels_and_validation_split(tiny_parquet_dataset,
     ).cast_column("img", Image())
     custom.select(range(100)).to_parquet(tmp_path / "train.parquet")
     custom.select(range(100, 120)).to_parquet(tmp_path / "validation.parquet")
-    loaded, description = D.load_image_classification_dataset(
-        dataset_name=str(tmp_path), image_column_name="img", label_column_name="target"
-    )
+    args = D.DataArguments(dataset_name=str(tmp_path), image_column_name="img", label_column_name="target")
+    loaded, description = D.load_image_classification_dataset(args)
     assert description == str(tmp_path)
     assert list(loaded) == ["train", "test"] and dict(loaded.num_rows) == {"train": 100, "test": 20}
     assert loaded["train"].column_names == ["image", "label"]
@@ -227,16 +226,15 @@ def test_image_folders(fashion_mnist_arrays, tmp_path):
             folder = tmp_path / split / FASHION_MNIST_LABELS[labels[i]].replace(" / ", "-").replace(" ", "")
             folder.mkdir(parents=True, exist_ok=True)
             PILImage.fromarray(images[i], mode="L").save(folder / f"{i}.png")
-    loaded, _ = D.load_image_classification_dataset(
-        train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val")
-    )
+    args = D.DataArguments(train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"))
+    loaded, _ = D.load_image_classification_dataset(args)
     assert dict(loaded.num_rows) == {"train": 40, "test": 20}
     names = loaded["train"].features["label"].names
     assert "Ankleboot" in names and loaded["train"][0]["image"].size == (28, 28)
     with pytest.raises(D.DataUnavailableError, match="no such folder"):
-        D.load_image_classification_dataset(train_dir=str(tmp_path / "nope"))
+        D.load_image_classification_dataset(D.DataArguments(train_dir=str(tmp_path / "nope")))
     with pytest.raises(ValueError, match=r"Cannot hold out 0.15 of 40 .*\(--validation_dir"):  # 6 for 10 classes
-        D.load_image_classification_dataset(train_dir=str(tmp_path / "train"))
+        D.load_image_classification_dataset(D.DataArguments(train_dir=str(tmp_path / "train")))
 
 
 def test_train_validation_split_is_stratified_and_seeded(tiny_parquet_dataset):

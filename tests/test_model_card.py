@@ -1,4 +1,4 @@
-"""Model card, FLOPs helper and Hub staging/push (issue 4), on a tiny real model and real test images.
+"""Model card (rendered from the template), FLOPs, and Hub staging/push, on a tiny real model and real test images.
 
 The training folder is fabricated here (tiny model saved with `save_pretrained`, image processor, JSON files with the
 keys scripts/train.py and scripts/evaluate.py write, small PNGs), so these tests do not depend on the training code.
@@ -29,14 +29,23 @@ from hf_vit_d2l import (
     ViTD2LImageProcessor,
     get_preset,
 )
-from hf_vit_d2l.hub import HubPushError, check_folder_complete, stage_for_upload
-from hf_vit_d2l.model_card import (
+from hf_vit_d2l.hub import (
     NOT_MEASURED,
-    REQUIRED_SECTIONS,
+    HubPushError,
+    RunFolderError,
     build_model_card,
-    flops_breakdown,
+    check_folder_complete,
     flops_per_image,
-    measure_out_of_domain,
+    stage_for_upload,
+)
+
+REQUIRED_SECTIONS = (
+    "## Model description",
+    "## Intended uses and limitations",
+    "## Training data and procedure",
+    "## Evaluation",
+    "## How to use",
+    "## Licences and citation",
 )
 
 DATA_DIR = "/usr/share/datasets/fashion-mnist"
@@ -112,8 +121,11 @@ def make_run_folder(path, with_eval: bool = True, with_results: bool = True) -> 
                 "num_processes": 1,
                 "global_batch_size": 128,
                 "dataset": "fashion_mnist (local IDX files)",
+                "dataset_id": "zalando-datasets/fashion_mnist",
                 "train_samples": 500,
                 "eval_samples": 200,
+                "eval_split": "test",
+                "training_args": {"learning_rate": 0.1, "optim": "sgd", "max_steps": -1, "num_train_epochs": 2},
             },
         )
         dump(
@@ -169,24 +181,21 @@ def run_folder(tmp_path_factory):
 
 def test_flops_tiny_config_equals_hand_count():
     config = ViTD2LConfig(**TINY)  # 16 patches, 17 tokens, d=32, m=37, 1 block, 10 classes
-    hand = {
-        "patch_embedding": 2 * 16 * (1 * 7 * 7) * 32,  # 50,176
-        "qkvo_projections": 2 * 4 * 17 * 32 * 32,  # 139,264
-        "attention_scores": 2 * 17 * 17 * 32,  # 18,496
-        "attention_values": 2 * 17 * 17 * 32,
-        "mlp": 2 * 2 * 17 * 32 * 37,  # 80,512
-        "head": 2 * 32 * 10,  # 640
-    }
-    assert flops_breakdown(config) == hand
-    assert flops_per_image(config) == 307_584
-    assert flops_per_image(config, training=True) == 3 * 307_584
+    hand = (
+        2 * 16 * (1 * 7 * 7) * 32  # patch embedding
+        + 2 * 4 * 17 * 32 * 32  # W_q, W_k, W_v, W_o
+        + 2 * 2 * 17 * 17 * 32  # Q K^T and A V
+        + 2 * 2 * 17 * 32 * 37  # MLP
+        + 2 * 32 * 10  # head
+    )
+    assert flops_per_image(config) == hand == 307_584
 
 
 @pytest.mark.parametrize("config", [ViTD2LConfig(**TINY), get_preset("vit_d2l_fashion_mnist")], ids=["tiny", "book"])
 def test_flops_match_torch_flop_counter(config):
     """torch's FlopCounterMode counts exactly the conv/linear/matmul FLOPs of the eager forward."""
-    config._attn_implementation = "eager"
     model = ViTD2LForImageClassification(config).eval()
+    model.set_attn_implementation("eager")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(pixel_values=torch.randn(3, config.num_channels, config.image_size, config.image_size))
     assert counter.get_total_flops() == 3 * flops_per_image(config)
@@ -195,7 +204,6 @@ def test_flops_match_torch_flop_counter(config):
 def test_flops_book_config_is_about_half_a_gflop():
     config = get_preset("vit_d2l_fashion_mnist")
     assert flops_per_image(config) == 480_622_592
-    assert 1.40e9 < flops_per_image(config, training=True) < 1.46e9  # the "about 1.43 GFLOP per trained image"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -233,15 +241,21 @@ def test_card_metadata_and_sections(run_folder, tmp_path):
     model = ViTD2LForImageClassification.from_pretrained(run_folder)
     assert f"| parameters | | {sum(p.numel() for p in model.parameters()):,} |" in text
     assert f"{flops_per_image(model.config):,}" in text
-    assert "| tokens per image | `num_patches + 1` | 17 |" in text
+    assert "| patch size | `patch_size` | 7 (16 patches, 17 tokens with `<cls>`) |" in text
     assert f"**{100 * eval_json['accuracy']:.2f}%**" in text
     for name in FASHION_MNIST_LABELS:
         assert f"| {name} | {100 * eval_json['per_class_accuracy'][name]:.2f}% |" in text
     assert "(confusion_matrix.png)" in text and "(training_curves.png)" in text
     assert "trust_remote_code=True" in text and "someone/vit-d2l-tiny" in text
+    for line in text.splitlines():  # every remote-code snippet pins a revision
+        if "trust_remote_code=True" in line and "from_pretrained(" in line or "pipeline(" in line:
+            assert "revision=" in line, line
+    assert "| learning_rate | 0.1 |" in text and "| optim | sgd |" in text and "max_steps" not in text
     assert "to_transformers_vit" in text
     assert "python scripts/train.py --recipe book --max_train_samples 500" in text
     assert "12.3 s" in text and "2 CPU cores (test fixture)" in text
+    assert "[Fashion-MNIST](https://huggingface.co/datasets/zalando-datasets/fashion_mnist)" in text
+    assert "Zalando SE, MIT licence" in text and "MIT-0" in text
     for citation in ("@book{zhang2023dive", "@inproceedings{dosovitskiy2021image", "@article{xiao2017fashionmnist"):
         assert citation in text
 
@@ -256,6 +270,7 @@ def test_card_says_not_measured_when_figures_are_missing(tmp_path):
     assert f"Confusion matrix: {NOT_MEASURED}" in card.text
     assert f"Training time: {NOT_MEASURED}" in card.text
     assert "Recipe: not measured" in card.text
+    assert card.data.datasets is None  # no run_info.json: the dataset is not known
     for section in REQUIRED_SECTIONS:
         assert section in card.text
 
@@ -287,9 +302,27 @@ def test_card_falls_back_to_all_results_accuracy(tmp_path):
         assert f"Confusion matrix: {NOT_MEASURED}" in card.text
 
 
-def test_card_rejects_non_model_folders(tmp_path):
-    from hf_vit_d2l.model_card import RunFolderError
+def test_card_dataset_is_the_runs_dataset(tmp_path):
+    folder = make_run_folder(tmp_path / "other", with_eval=False)
+    info = json.loads((tmp_path / "other" / "run_info.json").read_text())
+    for dataset_id, expected in (("someone/clothes", ["someone/clothes"]), (None, None)):
+        info.update(dataset_id=dataset_id, dataset="my folder of images")
+        (tmp_path / "other" / "run_info.json").write_text(json.dumps(info))
+        card = build_model_card(folder)
+        assert card.data.datasets == expected
+        assert "fashion-mnist" not in card.data.tags
+        assert card.data.eval_results[0].dataset_type == (dataset_id or "imagefolder")
 
+
+def test_card_ignores_a_validation_split_accuracy(tmp_path):
+    folder = make_run_folder(tmp_path / "val", with_eval=False)
+    info = json.loads((tmp_path / "val" / "run_info.json").read_text())
+    (tmp_path / "val" / "run_info.json").write_text(json.dumps({**info, "eval_split": "validation"}))
+    card = build_model_card(folder)
+    assert card.data.eval_results is None and f"**Test accuracy: {NOT_MEASURED}**" in card.text
+
+
+def test_card_rejects_non_model_folders(tmp_path):
     with pytest.raises(RunFolderError, match="not a folder"):
         build_model_card(tmp_path / "missing")
     with pytest.raises(RunFolderError, match="no config.json"):
@@ -300,32 +333,6 @@ def test_card_rejects_non_model_folders(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(RunFolderError, match="not valid JSON"):
         build_model_card(tmp_path)
-
-
-@pytest.mark.skipif(not HAVE_DATA, reason="needs the Fashion-MNIST test split (dataset-fashion-mnist)")
-def test_out_of_domain_probe_and_card_table(run_folder):
-    ood = measure_out_of_domain(run_folder, data_dir=DATA_DIR, num_samples=40, batch_size=16)
-    assert ood["num_samples"] == 40
-    for key in ("in_domain", "inverted", "photo_like_rgb"):
-        part = ood[key]
-        assert part["num_images"] == 40
-        assert 0.1 <= part["mean_top1_probability"] <= 1.0  # at least 1/num_labels
-        assert 0.0 <= part["share_top1_probability_above_0.9"] <= 1.0
-        assert part["most_frequent_prediction"] in FASHION_MNIST_LABELS
-    assert 0.0 <= ood["inverted"]["accuracy"] <= 1.0 and "accuracy" not in ood["photo_like_rgb"]
-    # Same inputs, same numbers.
-    again = measure_out_of_domain(run_folder, data_dir=DATA_DIR, num_samples=40, batch_size=40)
-    for key in ("in_domain", "inverted", "photo_like_rgb"):
-        assert again[key]["most_frequent_prediction"] == ood[key]["most_frequent_prediction"]
-        assert again[key]["mean_top1_probability"] == pytest.approx(ood[key]["mean_top1_probability"], abs=1e-5)
-    text = build_model_card(run_folder, out_of_domain=ood).text
-    assert "the same images inverted (dark item on white)" in text
-    assert f"{ood['photo_like_rgb']['mean_top1_probability']:.3f}" in text
-
-
-def test_out_of_domain_probe_needs_the_data(run_folder, tmp_path):
-    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
-        measure_out_of_domain(run_folder, data_dir=str(tmp_path))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -429,7 +436,7 @@ def test_incomplete_folder_is_reported(run_folder, tmp_path):
     (broken / "config.json").write_text(json.dumps(config))
     problems = check_folder_complete(broken)
     assert any("modeling_vit_d2l.py" in p for p in problems)
-    assert any("AutoModel" in p for p in problems)
+    assert "config.json has no auto_map entry for AutoModel" in problems
     with pytest.raises(HubPushError, match="modeling_vit_d2l.py is missing"):
         stage_for_upload(broken, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -486,7 +493,7 @@ def test_push_without_token_or_network_fails_before_touching_anything(
     before = _tree_digest(run_folder)
     start = time.monotonic()
     with pytest.raises(HubPushError, match=message) as info:
-        push_to_hub(run_folder, "u/m", data_dir=str(tmp_path))
+        push_to_hub(run_folder, "u/m")
     assert time.monotonic() - start < 5
     assert "Nothing was changed" in str(info.value)
     assert _tree_digest(run_folder) == before
@@ -502,15 +509,13 @@ def test_push_rejects_bad_repo_ids(run_folder):
         push_to_hub(run_folder, "u/m", stock_vit_repo_id="u/m", dry_run_dir="unused")
 
 
-def test_push_cli_dry_run_writes_card_with_probe(run_folder, tmp_path):
+def test_push_cli_dry_run_writes_the_card(run_folder, tmp_path):
     out = tmp_path / "dry"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), PYTHONPATH=REPO_ROOT)
-    args = [run_folder, "--repo_id", "u/m", "--dry_run", str(out), "--ood_samples", "20"]
-    if not HAVE_DATA:
-        args.append("--skip_ood_probe")
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "scripts", "push_to_hub.py"), *args],
+        [sys.executable, os.path.join(REPO_ROOT, "scripts", "push_to_hub.py"), run_folder, "--repo_id", "u/m"]
+        + ["--dry_run", str(out)],
         env=env,
         capture_output=True,
         text=True,
@@ -519,11 +524,27 @@ def test_push_cli_dry_run_writes_card_with_probe(run_folder, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"wrote the folder that would be uploaded to {out}" in proc.stdout
     card = ModelCard.load(out / "README.md")
-    if HAVE_DATA:
-        ood = json.loads((out / "out_of_domain.json").read_text())
-        assert ood["num_samples"] == 20
-        assert f"{ood['inverted']['mean_top1_probability']:.3f}" in card.text
-    assert not os.path.exists(os.path.join(run_folder, "out_of_domain.json"))
+    assert 'model="u/m", trust_remote_code=True, revision="main"' in card.text
+
+
+def test_push_cli_damaged_weights_get_one_line(run_folder, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(run_folder, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), PYTHONPATH=REPO_ROOT)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "scripts", "push_to_hub.py"), str(broken), "--repo_id", "u/m"]
+        + ["--dry_run", str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and f"{weights} is damaged" in proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_dry_run_with_stock_vit_export(run_folder, tmp_path):
@@ -532,9 +553,7 @@ def test_dry_run_with_stock_vit_export(run_folder, tmp_path):
 
     from hf_vit_d2l.hub import push_to_hub
 
-    result = push_to_hub(
-        run_folder, "u/m", stock_vit_repo_id="u/m-stock", dry_run_dir=tmp_path / "up", measure_ood=False
-    )
+    result = push_to_hub(run_folder, "u/m", stock_vit_repo_id="u/m-stock", dry_run_dir=tmp_path / "up")
     stock_dir = result["stock_vit_staged"]
     assert stock_dir == str(tmp_path / "up") + "-stock-vit"
     assert {"README.md", "config.json", "model.safetensors", "preprocessor_config.json"} <= set(os.listdir(stock_dir))
@@ -573,3 +592,61 @@ def test_stock_export_of_a_mean_pooling_model_is_refused_before_any_work(run_fol
     with pytest.raises(HubPushError, match="pooling='mean'.*Drop --also_stock_vit_repo"):
         push_to_hub(folder, "u/m", stock_vit_repo_id="u/m-stock", dry_run_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out-stock-vit").exists()
+
+
+def test_upload_pins_the_uploaded_commit_in_the_card(run_folder, monkeypatch):
+    """The card's trust_remote_code snippets name the commit that holds the code (a stand-in HfApi records calls)."""
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    from hf_vit_d2l import hub
+
+    oid = "0123456789abcdef0123456789abcdef01234567"
+    calls = []
+
+    class RecordingApi:
+        def __init__(self, token):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, private, exist_ok):
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls.append(("folder", repo_id, set(os.listdir(folder_path))))
+            return SimpleNamespace(oid=oid)
+
+        def upload_file(self, path_or_fileobj, path_in_repo, repo_id, commit_message):
+            calls.append(("file", repo_id, path_in_repo, path_or_fileobj.decode()))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    monkeypatch.setattr(hub, "check_hub_ready", lambda: "hf_token")
+    result = hub.push_to_hub(run_folder, "u/m", stock_vit_repo_id="u/m-stock")
+    assert result == {"url": "https://huggingface.co/u/m", "stock_vit_url": "https://huggingface.co/u/m-stock"}
+    assert calls[0] == ("token", "hf_token")
+    assert (
+        calls[1][:2] == ("folder", "u/m") and {"README.md", "model.safetensors", "modeling_vit_d2l.py"} <= calls[1][2]
+    )
+    kind, repo, path, card = calls[2]
+    assert (kind, repo, path) == ("file", "u/m", "README.md")
+    assert f'trust_remote_code=True, revision="{oid}"' in card and f'"u/m", "{oid}"' in card
+    assert calls[3][:2] == ("folder", "u/m-stock") and "config.json" in calls[3][2]
+
+
+def test_get_test_accuracy_never_reports_a_validation_split():
+    from hf_vit_d2l.hub import get_test_accuracy
+
+    all_results = {"eval_accuracy": 0.9}
+    assert get_test_accuracy({}, all_results, {"eval_split": "validation"}) is None
+    assert get_test_accuracy({}, all_results, {"eval_split": "test", "eval_samples": 100}) == (
+        0.9,
+        100,
+        "all_results.json",
+    )
+    evaluated = {"accuracy": 0.88, "num_samples": 10000}  # scripts/evaluate.py's test-split result wins
+    assert get_test_accuracy(evaluated, all_results, {"eval_split": "validation"}) == (
+        0.88,
+        10000,
+        "eval_results.json",
+    )
+    assert get_test_accuracy({**evaluated, "eval_split": "validation"}, {}, {}) is None

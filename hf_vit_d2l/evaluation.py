@@ -1,0 +1,301 @@
+"""Evaluate a saved model: loading with clear errors, accuracy, per-class accuracy, confusion matrix, and the plots.
+
+    from hf_vit_d2l.evaluation import load_model_and_processor
+    model, processor = load_model_and_processor("outputs/vit_d2l_fashion_mnist")
+
+`load_model_and_processor` is what every command-line entry point of the package loads a model with: it checks a
+local folder first (config.json readable, a model type transformers knows, weight files whose headers read) so that a
+broken folder gets one `ModelLoadError` naming the file and what to do, instead of a deep traceback. Plain
+`AutoModelForImageClassification.from_pretrained` keeps transformers' own behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import CONFIG_MAPPING, AutoImageProcessor, AutoModelForImageClassification
+
+from .utils import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+
+class ModelLoadError(OSError):
+    """A model folder or Hub id that cannot be loaded; the message names the file or path and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def check_model_folder(folder: str, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Raise `ModelLoadError` unless `folder` holds a loadable model; return its config.json as a dict.
+
+    Checked: config.json is there and is JSON, its `model_type` is one transformers knows (`vit_d2l` once this package
+    is imported) or the folder brings its own code and `trust_remote_code` is set, the weights' safetensors headers
+    read (which also catches a file cut short), and the image processor's config is there.
+    """
+    from safetensors import safe_open
+
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise ModelLoadError(
+            f"{folder} has no config.json, so it is not a saved model folder. Pass a folder written by "
+            "save_pretrained (the output folder of scripts/train.py) or a Hub id USER/NAME."
+        )
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{config_path} cannot be read as JSON ({err}); save the model again.") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in CONFIG_MAPPING and not (trust_remote_code and config.get("auto_map")):
+        raise ModelLoadError(
+            f"{config_path} has model_type {model_type!r}, which is not 'vit_d2l' (this package's models) nor a "
+            "model type transformers knows. Fix model_type, or pass --trust_remote_code if the folder brings its "
+            "own code (an auto_map in config.json)."
+        )
+    # A missing weight file gets transformers' own message, which names it; a damaged one gets a Rust error that
+    # names nothing, so every header is read here first.
+    for name in sorted(n for n in os.listdir(folder) if n.startswith("model") and n.endswith(".safetensors")):
+        try:
+            with safe_open(os.path.join(folder, name), framework="pt") as f:
+                f.keys()
+        except Exception as err:  # safetensors raises its own SafetensorError (not an OSError) for a bad header
+            raise ModelLoadError(
+                f"{os.path.join(folder, name)} is damaged ({_first_line(err)}); it was cut short or overwritten. "
+                "Copy the file again or save the model again."
+            ) from None
+    if not os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
+        raise ModelLoadError(
+            f"{folder} has no preprocessor_config.json (the image processor). Save one next to the weights, e.g. "
+            "ViTD2LImageProcessor(size={'height': H, 'width': W}).save_pretrained(folder)."
+        )
+    return config
+
+
+def _looks_local(path: str) -> bool:
+    """A path rather than a Hub id: explicit prefixes, more than one slash, or a parent folder that exists."""
+    parent = os.path.dirname(path)
+    return path.startswith((".", "/", "~")) or path.count("/") > 1 or bool(parent and os.path.isdir(parent))
+
+
+def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = False, device: str | None = None):
+    """(model in eval mode, image processor) from a local folder or a Hub id, or a `ModelLoadError` saying why not.
+
+    With `trust_remote_code=True` the code files stored with the model run instead of the installed package; pin
+    the revision of a Hub model when you do (`from_pretrained(..., trust_remote_code=True, revision=COMMIT)`).
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        check_model_folder(path, trust_remote_code)
+    elif os.path.exists(path):
+        raise ModelLoadError(f"{path} is a file; pass the model folder (with config.json) or a Hub id USER/NAME.")
+    elif _looks_local(path):
+        raise ModelLoadError(
+            f"{path}: no such folder. Pass a model folder written by save_pretrained (the output folder of "
+            "scripts/train.py) or a Hub id USER/NAME."
+        )
+    try:
+        model = AutoModelForImageClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
+        processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, backend="pil")
+    except (OSError, ValueError, KeyError, EOFError) as err:
+        if os.path.isdir(path):
+            raise ModelLoadError(f"Could not load the folder {path}: {_first_line(err)}") from None
+        raise ModelLoadError(
+            f"{path} is not a local folder, and as a Hub id it could not be loaded: {_first_line(err)}"
+        ) from None
+    return model.to(device or "cpu").eval(), processor
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plots (matplotlib's object API: no pyplot, no display, no global backend state)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def plot_training_curves(log_history: Sequence[dict], path: str | os.PathLike, title: str | None = None) -> str:
+    """Draw train loss, eval loss and eval accuracy against epochs on one axis, as d2l's `ProgressBoard` does.
+
+    `log_history` is `trainer_state.json`'s: train loss entries are the Trainer's logged running means; the final
+    summary entry (`train_loss` over the whole run) has no `loss` key and is left out.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.subplots()
+    for key, name, style in (
+        ("loss", "train_loss", "-o"),
+        ("eval_loss", "eval_loss", "--s"),
+        ("eval_accuracy", "eval_accuracy", "-.^"),
+    ):
+        points = [(e["epoch"], e[key]) for e in log_history if key in e and "epoch" in e]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, markersize=3, label=name)
+    ax.set_xlabel("epoch")
+    ax.grid(True, alpha=0.3)
+    if ax.lines:
+        ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return os.fspath(path)
+
+
+def plot_confusion_matrix(
+    matrix: np.ndarray, labels: Sequence[str], path: str | os.PathLike, title: str | None = None
+) -> str:
+    """A confusion matrix (rows: true class, columns: predicted class) with counts and class names."""
+    from matplotlib.figure import Figure
+
+    matrix, n = np.asarray(matrix), len(labels)
+    if matrix.shape != (n, n):
+        raise ValueError(f"confusion matrix of shape {matrix.shape} does not match {n} labels.")
+    size = max(5.0, 0.6 * n + 2)
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), labels=list(labels), rotation=45, ha="right")
+    ax.set_yticks(range(n), labels=list(labels))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 30:  # counts stay readable up to about 30 classes
+        for (i, j), count in np.ndenumerate(matrix):
+            color = "white" if count > matrix.max() / 2 else "black"
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color=color)
+    if title:
+        ax.set_title(title)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return os.fspath(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluating a saved model (scripts/evaluate.py)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvaluateArguments:
+    """`scripts/evaluate.py`: a saved folder or Hub id, evaluated on a test split."""
+
+    model_name_or_path: str = field(metadata={"help": "A folder written by scripts/train.py, or a Hub id."})
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where eval_results.json and confusion_matrix.png go. Default: the model folder."},
+    )
+    batch_size: int = field(default=256, metadata={"help": "Images per forward pass."})
+    device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda', 'cuda:1'... Default: cuda if any."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run the code files stored with the model instead of the installed package."}
+    )
+    test_time_flip: bool | None = field(
+        default=None,
+        metadata={"help": "Override config.test_time_flip (average with the mirror image's logits). Default: saved."},
+    )
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}.")
+        if self.output_dir is None:
+            if _looks_local(self.model_name_or_path) and not os.path.isdir(self.model_name_or_path):
+                raise ValueError(f"{self.model_name_or_path}: no such folder. Pass a model folder or a Hub id.")
+            if not os.path.isdir(self.model_name_or_path):
+                raise ValueError(
+                    f"{self.model_name_or_path} is not a local folder; pass --output_dir for the results."
+                )
+            self.output_dir = self.model_name_or_path
+
+
+def label_mapping(dataset_names: list[str], model_id2label: dict) -> np.ndarray:
+    """Dataset label index -> model label index: by name when both list the same classes, else by position."""
+    model_names = [model_id2label[i] for i in range(len(model_id2label))]
+    if sorted(dataset_names) == sorted(model_names):
+        return np.array([model_names.index(name) for name in dataset_names])
+    if len(dataset_names) != len(model_names):
+        raise ValueError(
+            f"The dataset has {len(dataset_names)} classes but the model predicts {len(model_names)}; evaluate it on "
+            "the dataset it was trained for."
+        )
+    logger.warning("Dataset classes %s differ from the model's %s; matching by position.", dataset_names, model_names)
+    return np.arange(len(dataset_names))
+
+
+@torch.no_grad()
+def evaluate_saved_model(eval_args: EvaluateArguments, data_args) -> dict[str, Any]:
+    """Accuracy, loss, per-class accuracy and confusion matrix of a saved model on the evaluation split.
+
+    `data_args` is `hf_vit_d2l.data.DataArguments` (the training data flags). Writes `confusion_matrix.png` and then
+    `eval_results.json` into `eval_args.output_dir`.
+    """
+    from .data import ImageClassificationCollator, load_splits
+
+    device = eval_args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, processor = load_model_and_processor(eval_args.model_name_or_path, eval_args.trust_remote_code, device)
+    if eval_args.test_time_flip is not None:
+        if not hasattr(model.config, "test_time_flip"):
+            raise ValueError(f"--test_time_flip needs a vit_d2l model, not a {model.config.model_type!r} one.")
+        model.config.test_time_flip = eval_args.test_time_flip
+    _, dataset, label_names, description = load_splits(data_args, seed=42)
+    mapping = label_mapping(label_names, model.config.id2label)
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=eval_args.batch_size, collate_fn=ImageClassificationCollator(processor)
+    )
+    total_loss, predictions, references = 0.0, [], []
+    start = time.perf_counter()
+    for batch in loader:
+        labels = torch.from_numpy(mapping[batch["labels"].numpy()]).to(device)
+        logits = model(pixel_values=batch["pixel_values"].to(device)).logits.float()
+        total_loss += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+        predictions.append(logits.argmax(-1).cpu().numpy())
+        references.append(labels.cpu().numpy())
+    elapsed = time.perf_counter() - start
+    predictions, references = np.concatenate(predictions), np.concatenate(references)
+    matrix = np.zeros((len(names), len(names)), dtype=np.int64)
+    np.add.at(matrix, (references, predictions), 1)
+    support = matrix.sum(axis=1)
+    results = {
+        "accuracy": float((predictions == references).mean()),
+        "loss": total_loss / len(references),
+        "num_samples": len(references),
+        "per_class_accuracy": {
+            n: float(matrix[i, i] / support[i]) if support[i] else None for i, n in enumerate(names)
+        },
+        "confusion_matrix": matrix.tolist(),
+        "labels": names,
+        "model": eval_args.model_name_or_path,
+        "dataset": description,
+        "eval_split": "validation" if data_args.validation_size else "test",  # the card reports test results only
+        "device": str(device),
+        "test_time_flip": bool(getattr(model.config, "test_time_flip", False)),
+        "samples_per_second": len(references) / elapsed,
+    }
+    os.makedirs(eval_args.output_dir, exist_ok=True)
+    title = f"accuracy {results['accuracy']:.2%} on {len(references):,} images"
+    plot_confusion_matrix(matrix, names, os.path.join(eval_args.output_dir, "confusion_matrix.png"), title=title)
+    write_json_atomic(os.path.join(eval_args.output_dir, "eval_results.json"), results)
+    return results
+
+
+__all__ = [
+    "EvaluateArguments",
+    "ModelLoadError",
+    "check_model_folder",
+    "evaluate_saved_model",
+    "label_mapping",
+    "load_model_and_processor",
+    "plot_confusion_matrix",
+    "plot_training_curves",
+]
