@@ -35,6 +35,7 @@ top = {name.split("/")[0] for name in names}
 assert top == {"hf_vit_d2l", *(t for t in top if t.endswith(".dist-info"))}, sorted(top)
 dev_tooling = [n for n in names if Path(n).stem in {"benchmark", "sweep", "fast", "gpu_book_run", "d2l_reference"}]
 assert not dev_tooling, dev_tooling
+assert {"hf_vit_d2l/templates/model_card.md", "hf_vit_d2l/templates/stock_vit_card.md"} <= set(names), names
 licences = [n for n in names if "/licenses/" in n or n.endswith(("/LICENSE", "/NOTICE"))]
 print("wheel:", len(names), "files; licence files:", licences)
 

@@ -421,10 +421,23 @@ class ViTD2LTrainer(Trainer):
 
 def save_final_model(trainer: Trainer) -> None:
     """The model, code files and image processor in --output_dir, moved in whole (config.json last)."""
-    if trainer.args.should_save:
+    if trainer.is_fsdp_enabled:
+        # fully_shard swaps the model's class for torch's FSDP subclass, whose save_pretrained would ship torch's
+        # files as the remote code: save the gathered weights through a plain model instead.
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)  # collective: every rank
+        if trainer.args.should_save:
+            plain = ViTD2LForImageClassification(trainer.model.config)
+            plain.load_state_dict(state_dict)
+
+            def write(folder):
+                plain.save_pretrained(folder)
+                trainer.processing_class.save_pretrained(folder)
+
+            save_folder_atomically(trainer.args.output_dir, write)
+    elif trainer.args.should_save:
         save_folder_atomically(trainer.args.output_dir, trainer.save_model)
     else:
-        trainer.save_model()  # the other ranks' part of a collective save (FSDP gathers); writes nothing
+        trainer.save_model()  # the other ranks' part of a collective save; writes nothing
 
 
 def hardware_description(training_args: TrainingArguments) -> str:
