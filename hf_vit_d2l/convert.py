@@ -398,10 +398,8 @@ def convert_d2l_checkpoint(
 __all__ = [
     "CheckpointConversionError",
     "convert_d2l_checkpoint",
-    "d2l_key_map",
     "from_d2l_state_dict",
     "from_transformers_vit",
-    "infer_d2l_config_kwargs",
     "load_d2l_checkpoint",
     "to_d2l_state_dict",
     "to_transformers_vit",

@@ -1,12 +1,7 @@
 """Evaluate a saved model: loading with clear errors, accuracy, per-class accuracy, confusion matrix, and the plots.
 
-    from hf_vit_d2l.evaluation import load_model_and_processor
-    model, processor = load_model_and_processor("outputs/vit_d2l_fashion_mnist")
-
-`load_model_and_processor` is what every command-line entry point of the package loads a model with: it checks a
-local folder first (config.json readable, a model type transformers knows, weight files whose headers read) so that a
-broken folder gets one `ModelLoadError` naming the file and what to do, instead of a deep traceback. Plain
-`AutoModelForImageClassification.from_pretrained` keeps transformers' own behaviour.
+`load_model_and_processor` is what every command-line entry point of the package loads a model with, so that a broken
+folder gets one `ModelLoadError` naming the file and what to do instead of a deep traceback.
 """
 
 from __future__ import annotations
@@ -131,11 +126,8 @@ def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = 
         model = AutoModelForImageClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
         processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, backend="pil")
     except (OSError, ValueError, KeyError, EOFError) as err:
-        if os.path.isdir(path):
-            raise ModelLoadError(f"Could not load the folder {path}: {_first_line(err)}") from None
-        raise ModelLoadError(
-            f"{path} is not a local folder, and as a Hub id it could not be loaded: {_first_line(err)}"
-        ) from None
+        what = f"the folder {path}" if os.path.isdir(path) else f"{path} (not a local folder, so as a Hub id)"
+        raise ModelLoadError(f"Could not load {what}: {_first_line(err)}") from None
     return model.to(device or "cpu").eval(), processor
 
 
@@ -306,12 +298,8 @@ def evaluate_saved_model(eval_args: EvaluateArguments, data_args) -> dict[str, A
 __all__ = [
     "EvaluateArguments",
     "ModelLoadError",
-    "check_model_folder",
-    "count_parameters",
     "evaluate_saved_model",
-    "label_mapping",
     "load_model_and_processor",
     "plot_confusion_matrix",
     "plot_training_curves",
-    "read_json",
 ]

@@ -354,12 +354,7 @@ __all__ = [
     "RunFolderError",
     "build_model_card",
     "check_folder_complete",
-    "check_hub_ready",
-    "count_parameters",
     "flops_per_image",
-    "get_test_accuracy",
     "push_to_hub",
-    "rgb_input_stock_vit",
     "stage_for_upload",
-    "stage_stock_vit",
 ]
