@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .configuration_vit_d2l import ViTD2LConfig
@@ -234,17 +235,14 @@ def rgb_input_stock_vit(stock):
     logits the original gives on that image's grayscale version (exactly for gray images, whose R = G = B, since
     the weights sum to 1; for colour images the package's processor rounds the grayscale image to 8 bits first).
     """
-    import torch
-
     embeddings = stock.vit.embeddings.patch_embeddings
     conv = embeddings.projection
     if conv.in_channels != 1:
         return stock
-    rgb = torch.nn.Conv2d(3, conv.out_channels, conv.kernel_size, stride=conv.stride, bias=conv.bias is not None)
+    rgb = torch.nn.Conv2d(3, conv.out_channels, conv.kernel_size, stride=conv.stride)  # stock ViT's has a bias
     with torch.no_grad():
         rgb.weight.copy_(conv.weight * torch.tensor(LUMA, dtype=conv.weight.dtype).view(1, 3, 1, 1))
-        if conv.bias is not None:
-            rgb.bias.copy_(conv.bias)
+        rgb.bias.copy_(conv.bias)
     embeddings.projection = rgb.to(conv.weight.device)
     embeddings.num_channels = stock.config.num_channels = 3
     return stock
