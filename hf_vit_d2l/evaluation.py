@@ -70,13 +70,8 @@ def count_parameters(folder: str) -> int:
 
 
 def check_model_folder(folder: str, trust_remote_code: bool = False) -> dict[str, Any]:
-    """Raise `ModelLoadError` unless `folder` holds a loadable model; return its config.json as a dict.
-
-    Checked: config.json is there and is JSON, its `model_type` is one transformers knows (`vit_d2l` once this package
-    is imported) or the folder brings its own code and `trust_remote_code` is set, the weights' safetensors headers
-    read (which also catches a file cut short; a missing weight file gets transformers' own message, which names it),
-    and the image processor's config is there.
-    """
+    """Raise `ModelLoadError` unless `folder` holds a loadable model (config, weight headers, image processor config);
+    return its config.json as a dict. A missing weight file is left to transformers' own message, which names it."""
     config_path = os.path.join(folder, "config.json")
     if not os.path.isfile(config_path):
         raise ModelLoadError(
