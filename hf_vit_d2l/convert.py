@@ -1,13 +1,5 @@
-"""Converters between this package, the book's own `ViT` module and transformers' stock `ViTForImageClassification`.
-
-* `from_d2l_state_dict(state_dict)`: a `state_dict()` of the book's `ViT` (d2l's module names: `cls_token`,
-  `pos_embedding`, `patch_embedding.conv.*`, `blks.{i}.attention.W_q.weight`, `head.0.*`, `head.1.*` ...) into a
-  `ViTD2LForImageClassification`. Sizes are read from the tensor shapes; only the number of heads cannot be, and
-  defaults to the book's 8. `to_d2l_state_dict(model)` is the way back.
-* `to_transformers_vit(model)`: export to stock `transformers.ViTForImageClassification` (no remote code needed to
-  load it). Same logits in eval mode; see its docstring for what the stock class cannot express in training.
-* `from_transformers_vit(model)`: the way back, for a stock ViT that uses the book's GELU.
-* `load_d2l_checkpoint(path)` / `convert_d2l_checkpoint(...)`: what `scripts/convert_d2l_checkpoint.py` runs.
+"""Converters between this package, the book's own `ViT` module and transformers' stock `ViTForImageClassification`:
+`from_d2l_state_dict`, `to_d2l_state_dict`, `to_transformers_vit`, `from_transformers_vit`, `convert_d2l_checkpoint`.
 """
 
 from __future__ import annotations
@@ -19,6 +11,7 @@ from collections.abc import Mapping
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
+from torch.nn.parameter import UninitializedParameter
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil, ViTModel
 
 from .configuration_vit_d2l import ViTD2LConfig
@@ -35,52 +28,56 @@ class CheckpointConversionError(ValueError):
     """A checkpoint that cannot be converted: wrong keys, wrong shapes, or not a state dict at all."""
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# The book's `ViT` <-> ViTD2LForImageClassification
-# ---------------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------- The book's `ViT` <-> ViTD2LForImageClassification
 
-# Our names of the book's modules outside the blocks. Inside a block both use the book's names (ln1, attention.W_q,
-# mlp.dense1, ...), so `blks.{i}.` <-> `vit_d2l.encoder.layer.{i}.` is the whole difference there.
-D2L_KEYS = {
-    "cls_token": "vit_d2l.embeddings.cls_token",
-    "pos_embedding": "vit_d2l.embeddings.position_embeddings",
-    "patch_embedding.conv.weight": "vit_d2l.embeddings.patch_embeddings.projection.weight",
-    "patch_embedding.conv.bias": "vit_d2l.embeddings.patch_embeddings.projection.bias",
-    "head.0.weight": "vit_d2l.layernorm.weight",
-    "head.0.bias": "vit_d2l.layernorm.bias",
-    "head.1.weight": "classifier.weight",
-    "head.1.bias": "classifier.bias",
-}
+# Our keys -> the book's, as (pattern, replacement) rules applied in turn. Inside a block both use the book's names
+# (ln1, attention.W_q, mlp.dense1, ...), so `vit_d2l.encoder.layer.{i}.` -> `blks.{i}.` is the whole change there.
+D2L_RULES = [
+    (r"^vit_d2l\.embeddings\.cls_token", "cls_token"),
+    (r"^vit_d2l\.embeddings\.position_embeddings", "pos_embedding"),
+    (r"^vit_d2l\.embeddings\.patch_embeddings\.projection\.", "patch_embedding.conv."),
+    (r"^vit_d2l\.encoder\.layer\.", "blks."),
+    (r"^vit_d2l\.layernorm\.", "head.0."),
+    (r"^classifier\.", "head.1."),
+]
+
+
+def _rename(key: str, rules: list[tuple[str, str]]) -> str:
+    for pattern, replacement in rules:
+        key = re.sub(pattern, replacement, key)
+    return key
 
 
 def d2l_key_map(model: ViTD2LForImageClassification) -> dict[str, str]:
     """Book key -> our key for every parameter of `model` (the model's config decides which exist, e.g. biases)."""
-    book_names = {ours: book for book, ours in D2L_KEYS.items()}
-    return {
-        book_names.get(key) or re.sub(r"^vit_d2l\.encoder\.layer\.(\d+)\.", r"blks.\1.", key): key
-        for key in model.state_dict()
-    }
+    return {_rename(key, D2L_RULES): key for key in model.state_dict()}
 
 
-def _as_state_dict(state_dict) -> dict[str, torch.Tensor]:
-    """Check that this is a non-empty mapping of tensors; drop the `module.`/`_orig_mod.` prefixes that
-    DistributedDataParallel and torch.compile add to every key."""
-    if not isinstance(state_dict, Mapping):
-        raise CheckpointConversionError(
-            f"Expected a state dict (a mapping of parameter names to tensors), got {type(state_dict).__name__}."
-        )
-    if not state_dict:
-        raise CheckpointConversionError("The state dict is empty: there are no weights to convert.")
-    for key, value in state_dict.items():
-        if isinstance(value, torch.nn.parameter.UninitializedParameter):
-            raise CheckpointConversionError(
-                f"{key} is an uninitialised lazy parameter: run one forward pass through the book's model before "
-                "saving its state dict."
-            )
+def _state_dict_problem(obj) -> str | None:
+    """Why `obj` is not a non-empty mapping of initialised tensors, or None."""
+    if not isinstance(obj, Mapping):
+        return f"it is a {type(obj).__name__}"
+    if not obj:
+        return "it is empty"
+    for key, value in obj.items():
+        if isinstance(value, UninitializedParameter):  # the book's lazy layers before their first forward pass
+            return f"{key} is an uninitialised lazy parameter (run one forward pass before saving)"
         if not torch.is_tensor(value):
-            raise CheckpointConversionError(
-                f"Not a state dict of tensors: {key!r} is a {type(value).__name__}, not a tensor."
-            )
+            return f"{key!r} is a {type(value).__name__}, not a tensor"
+    return None
+
+
+def _as_state_dict(state_dict, source: str = "The input") -> dict[str, torch.Tensor]:
+    """The state dict itself, also when a training loop saved it under "state_dict", "model" or "model_state_dict",
+    without the `module.`/`_orig_mod.` prefixes that DistributedDataParallel and torch.compile add to every key."""
+    if isinstance(state_dict, Mapping):
+        wrapped = (state_dict.get(key) for key in ("state_dict", "model", "model_state_dict"))
+        state_dict = next((value for value in wrapped if isinstance(value, Mapping)), state_dict)
+    if problem := _state_dict_problem(state_dict):
+        raise CheckpointConversionError(
+            f"{source} is not a state dict of tensors: {problem}. Save the book model with "
+            "torch.save(model.state_dict(), path)."
+        )
     while prefix := next((p for p in ("module.", "_orig_mod.") if all(k.startswith(p) for k in state_dict)), None):
         state_dict = {key[len(prefix) :]: value for key, value in state_dict.items()}
     return dict(state_dict)
@@ -132,17 +129,15 @@ def _resolve_config(state_dict, config: ViTD2LConfig | Mapping | None) -> ViTD2L
         return config
     # Book names (num_heads=4) become canonical ones, so that they replace the inferred values.
     overrides = {ViTD2LConfig.attribute_map.get(key, key): value for key, value in (config or {}).items()}
-    kwargs = {**infer_d2l_config_kwargs(state_dict), **overrides}
-    if "num_attention_heads" not in overrides and kwargs["hidden_size"] % BOOK_DEFAULT_NUM_HEADS:
-        raise CheckpointConversionError(
-            f"The checkpoint's hidden size {kwargs['hidden_size']} is not divisible by the book's default of "
-            f"{BOOK_DEFAULT_NUM_HEADS} heads, and the number of heads cannot be read from the weights: pass it "
-            "(config={'num_attention_heads': N}, or --num_heads N on the command line)."
-        )
+    kwargs = {"num_attention_heads": BOOK_DEFAULT_NUM_HEADS, **infer_d2l_config_kwargs(state_dict), **overrides}
     try:
-        return ViTD2LConfig(**{"num_attention_heads": BOOK_DEFAULT_NUM_HEADS, **kwargs})
+        return ViTD2LConfig(**kwargs)
     except (ValueError, TypeError, StrictDataclassError) as err:  # the strict config names the field and the value
-        raise CheckpointConversionError(f"Invalid config for this checkpoint: {err.__cause__ or err}") from None
+        message = f"Invalid config for this checkpoint: {err.__cause__ or err}"
+        if "num_attention_heads" in message:  # the one size the weights do not fix
+            message += " The number of heads cannot be read from the weights: pass config={'num_attention_heads': N}"
+            message += f" (--num_heads N on the command line; default: the book's {BOOK_DEFAULT_NUM_HEADS})."
+        raise CheckpointConversionError(message) from None
 
 
 def from_d2l_state_dict(
@@ -151,47 +146,35 @@ def from_d2l_state_dict(
     """Load a `state_dict()` of the book's `ViT` module into a `ViTD2LForImageClassification`.
 
     Args:
-        state_dict: the book model's `state_dict()` (keys `cls_token`, `pos_embedding`, `patch_embedding.conv.*`,
-            `blks.{i}.{ln1,ln2}.*`, `blks.{i}.attention.W_{q,k,v,o}.weight` (+ `.bias` with `use_bias=True`),
-            `blks.{i}.mlp.dense{1,2}.*`, `head.0.*`, `head.1.*`). `module.`/`_orig_mod.` prefixes (DDP,
-            `torch.compile`) are removed.
+        state_dict: the book model's `state_dict()` (d2l's module names, see `D2L_RULES`), or a dict holding it under
+            "state_dict", "model" or "model_state_dict". `module.`/`_orig_mod.` prefixes (DDP, `torch.compile`) are
+            removed.
         config: `None` to read every size from the tensor shapes (image size, patch size, channels, hidden and MLP
             sizes, number of blocks, `use_bias`, number of classes), with the book's 8 heads and 0.1 dropouts; a
             dict of overrides on top of that (e.g. `{"num_heads": 4}`, canonical or book names); or a full
             `ViTD2LConfig`, which must agree with the shapes.
 
-    Returns:
-        The converted model in eval mode. Its logits equal the book module's in eval mode (to float rounding).
-
-    Raises:
-        CheckpointConversionError (a `ValueError`): missing or unexpected keys (all listed), shape mismatches (all
-            listed), or input that is not a state dict of tensors.
+    Returns the converted model in eval mode; its logits equal the book module's in eval mode (to float rounding).
+    Raises `CheckpointConversionError` (a `ValueError`) listing every missing or unexpected key and shape mismatch.
     """
     state_dict = _as_state_dict(state_dict)
     config = _resolve_config(state_dict, config)
     model = ViTD2LForImageClassification(config)
-    mapping = d2l_key_map(model)
-    missing, unexpected = sorted(set(mapping) - set(state_dict)), sorted(set(state_dict) - set(mapping))
-    if missing or unexpected:
-        lines = [
-            f"{kind} keys ({len(keys)}): {', '.join(keys)}"
-            for kind, keys in [("missing", missing), ("unexpected", unexpected)]
-            if keys
-        ]
+    mapping, target = d2l_key_map(model), model.state_dict()
+    problems = {
+        "missing keys": sorted(set(mapping) - set(state_dict)),
+        "unexpected keys": sorted(set(state_dict) - set(mapping)),
+        "shape mismatches": [
+            f"{key}: checkpoint {tuple(value.shape)}, config {tuple(target[mapping[key]].shape)}"
+            for key, value in state_dict.items()
+            if key in mapping and value.shape != target[mapping[key]].shape
+        ],
+    }
+    if any(problems.values()):
         raise CheckpointConversionError(
             f"The state dict does not match the book's ViT with num_blks={config.num_hidden_layers}, "
-            f"use_bias={config.qkv_bias}:\n  " + "\n  ".join(lines)
-        )
-    target = model.state_dict()
-    mismatched = [
-        f"{key}: checkpoint {tuple(value.shape)}, config {tuple(target[mapping[key]].shape)}"
-        for key, value in state_dict.items()
-        if value.shape != target[mapping[key]].shape
-    ]
-    if mismatched:
-        raise CheckpointConversionError(
-            "Shape mismatch between the checkpoint and the config (check the config / overrides):\n  "
-            + "\n  ".join(mismatched)
+            f"use_bias={config.qkv_bias} (check the config / overrides):\n  "
+            + "\n  ".join(f"{kind} ({len(keys)}): {', '.join(keys)}" for kind, keys in problems.items() if keys)
         )
     model.load_state_dict({mapping[k]: v.to(target[mapping[k]].dtype) for k, v in state_dict.items()}, strict=True)
     return model.eval()
@@ -205,22 +188,22 @@ def to_d2l_state_dict(model: ViTD2LForImageClassification) -> dict[str, torch.Te
     return {book_key: ours[our_key].detach().clone() for book_key, our_key in d2l_key_map(model).items()}
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# ViTD2L <-> transformers' stock ViT
-# ---------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------- ViTD2L <-> transformers' stock ViT
 
-# Stock ViT's per-block module names, ours -> theirs. transformers renamed them during v5 (`encoder.layer.{i}.
-# attention.attention.query` became `layers.{i}.attention.q_proj`); both are known and the installed one is picked.
+# Our keys -> stock ViT's, as rules for `_rename`. transformers 5.4 names a block's modules as in the first layout;
+# later 5.x releases as in the second (`encoder.layer.{i}.attention.attention.query` became
+# `layers.{i}.attention.q_proj`). The installed one is picked by its keys.
+_STOCK_COMMON = [(r"^vit_d2l\.", "vit."), (r"\.ln1\.", ".layernorm_before."), (r"\.ln2\.", ".layernorm_after.")]
 STOCK_VIT_LAYOUTS = [
-    {"block": "layers.{i}.", "ln1": "layernorm_before", "ln2": "layernorm_after", "attention.W_q": "attention.q_proj",
-     "attention.W_k": "attention.k_proj", "attention.W_v": "attention.v_proj", "attention.W_o": "attention.o_proj",
-     "mlp.dense1": "mlp.fc1", "mlp.dense2": "mlp.fc2"},
-    {"block": "encoder.layer.{i}.", "ln1": "layernorm_before", "ln2": "layernorm_after",
-     "attention.W_q": "attention.attention.query", "attention.W_k": "attention.attention.key",
-     "attention.W_v": "attention.attention.value", "attention.W_o": "attention.output.dense",
-     "mlp.dense1": "intermediate.dense", "mlp.dense2": "output.dense"},
+    [*_STOCK_COMMON, (r"attention\.W_q\.", "attention.attention.query."),
+     (r"attention\.W_k\.", "attention.attention.key."), (r"attention\.W_v\.", "attention.attention.value."),
+     (r"attention\.W_o\.", "attention.output.dense."), (r"mlp\.dense1\.", "intermediate.dense."),
+     (r"mlp\.dense2\.", "output.dense.")],
+    [*_STOCK_COMMON, (r"encoder\.layer\.", "layers."), (r"attention\.W_(.)\.", r"attention.\1_proj."),
+     (r"mlp\.dense(.)\.", r"mlp.fc\1.")],
 ]  # fmt: skip
-
+# Stock ViT's attention output bias, which our model has only with use_bias=True.
+STOCK_O_BIAS = r"attention\.(o_proj|output\.dense)\.bias$"
 
 # Fields that mean the same in ViTConfig and ViTD2LConfig, under the same names.
 SHARED_CONFIG_FIELDS = (
@@ -229,24 +212,12 @@ SHARED_CONFIG_FIELDS = (
 )  # fmt: skip
 
 
-def _stock_key_function(stock_keys: set[str], with_head: bool):
-    """A function from our state-dict keys to the installed transformers' stock ViT keys."""
-
-    def for_layout(layout):
-        def stock_key(key: str) -> str:
-            if with_head:
-                key = key.replace("vit_d2l.", "vit.", 1)
-            match = re.search(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$", key)
-            if match is None:
-                return key
-            return f"{key[: match.start()]}{layout['block'].format(i=match[1])}{layout[match[2]]}.{match[3]}"
-
-        return stock_key
-
-    probe = f"{'vit_d2l.' if with_head else ''}encoder.layer.0.ln1.weight"
-    for layout in STOCK_VIT_LAYOUTS:
-        if for_layout(layout)(probe) in stock_keys:
-            return for_layout(layout)
+def _stock_rules(stock_keys: set[str], with_head: bool) -> list[tuple[str, str]]:
+    """The entry of `STOCK_VIT_LAYOUTS` that the installed transformers uses."""
+    probe = f"{'vit_d2l.' if with_head else ''}encoder.layer.0.attention.W_q.weight"
+    for rules in STOCK_VIT_LAYOUTS:
+        if _rename(probe, rules) in stock_keys:
+            return rules
     raise RuntimeError(
         "This transformers version lays out ViT's weights in a way hf_vit_d2l does not know "
         f"(keys such as {sorted(stock_keys)[:8]}); please report it with `transformers.__version__`."
@@ -271,10 +242,8 @@ def to_transformers_vit(model: ViTD2LForImageClassification | ViTD2LModel) -> Vi
       the block dropout (the export uses `block_dropout_prob` for both and warns if they differ).
     * **Output-projection bias.** Stock ViT's attention output projection always has a bias. With the book's
       `use_bias=False` the export sets it to zero, but it is a trainable parameter there and will move in training.
-    * **Pooling.** Stock ViT classifies the `<cls>` token only: `pooling="mean"` raises a `ValueError`.
-    * **Stochastic depth** (`drop_path_rate`, not in the book) and **flip test-time augmentation**
-      (`test_time_flip`, not in the book) have no stock counterpart: the export is exact for one view in eval mode
-      (a warning is logged).
+    * **Pooling** `"mean"`, **stochastic depth** and **flip test-time augmentation** (the last two not in the book)
+      have no stock counterpart: mean pooling raises, the other two export exactly for one view in eval mode.
     * **Initialisation** (`init_style`, `position_embedding_std`) only matters for new models; stock ViT initialises
       with truncated normals of std `initializer_range`.
     """
@@ -304,11 +273,11 @@ def to_transformers_vit(model: ViTD2LForImageClassification | ViTD2LModel) -> Vi
     with_head = isinstance(model, ViTD2LForImageClassification)
     stock = ViTForImageClassification(stock_config) if with_head else ViTModel(stock_config, add_pooling_layer=False)
     stock_state = stock.state_dict()
-    stock_key = _stock_key_function(set(stock_state), with_head)
-    new_state = {stock_key(key): value.detach().clone() for key, value in model.state_dict().items()}
+    rules = _stock_rules(set(stock_state), with_head)
+    new_state = {_rename(key, rules): value.detach().clone() for key, value in model.state_dict().items()}
     for key in set(stock_state) - set(new_state):
         # The book's W_o has no bias with use_bias=False; stock ViT always has one: make it zero.
-        if not re.search(r"attention\.(o_proj|output\.dense)\.bias$", key):
+        if not re.search(STOCK_O_BIAS, key):
             raise RuntimeError(f"Internal key mapping error: {key} has no counterpart in {type(model).__name__}.")
         new_state[key] = torch.zeros_like(stock_state[key])
     stock.load_state_dict({k: v.to(stock_state[k].dtype) for k, v in new_state.items()}, strict=True)
@@ -342,10 +311,8 @@ def from_transformers_vit(
         )
     with_head = isinstance(stock, ViTForImageClassification)
     stock_state = stock.state_dict()
-    stock_key = _stock_key_function(set(stock_state), with_head)
-    layers = stock_config.num_hidden_layers
-    prefix = "vit_d2l." if with_head else ""
-    o_biases = [stock_state[stock_key(f"{prefix}encoder.layer.{i}.attention.W_o.bias")] for i in range(layers)]
+    rules = _stock_rules(set(stock_state), with_head)
+    o_biases = [value for key, value in stock_state.items() if re.search(STOCK_O_BIAS, key)]
     qkv_bias = bool(stock_config.qkv_bias)
     if not qkv_bias and any(bool(b.abs().max() > 0) for b in o_biases):
         logger.warning(
@@ -366,21 +333,18 @@ def from_transformers_vit(
     model = ViTD2LForImageClassification(config) if with_head else ViTD2LModel(config)
     new_state = {}
     for key, target in model.state_dict().items():
-        value = stock_state.get(stock_key(key))
+        value = stock_state.get(_rename(key, rules))
         new_state[key] = torch.zeros_like(target) if value is None else value.detach().clone().to(target.dtype)
     model.load_state_dict(new_state, strict=True)
     return model.eval()
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Files: what scripts/convert_d2l_checkpoint.py runs
-# ---------------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------ Files: what scripts/convert_d2l_checkpoint.py runs
 
 
 def load_d2l_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a `.pt`/`.pth` file saved with `torch.save(model.state_dict(), path)` (or a dict holding the state dict
-    under `"state_dict"`, `"model"` or `"model_state_dict"`, as training loops save it), with
-    `torch.load(weights_only=True)`: pickled modules and other code are refused."""
+    """Read a `.pt`/`.pth` file saved with `torch.save(model.state_dict(), path)` (or a training loop's dict holding
+    it, see `from_d2l_state_dict`) with `torch.load(weights_only=True)`: pickled modules and other code are refused."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         what = "is a folder" if os.path.isdir(path) else "not found"
@@ -394,17 +358,7 @@ def load_d2l_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             "file must hold a state dict (tensors only) saved with torch.save(model.state_dict(), path); whole "
             "pickled modules are refused for safety."
         ) from None
-    if isinstance(obj, Mapping):
-        obj = next(
-            (obj[k] for k in ("state_dict", "model", "model_state_dict") if isinstance(obj.get(k), Mapping)), obj
-        )
-    if not isinstance(obj, Mapping) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
-        detail = f" with keys {sorted(map(str, obj))[:10]}" if isinstance(obj, Mapping) else ""
-        raise CheckpointConversionError(
-            f"{path} holds a {type(obj).__name__}{detail}, not a state dict of tensors. Save the book model with "
-            "torch.save(model.state_dict(), path), or a dict with the state dict under 'state_dict' or 'model'."
-        )
-    return dict(obj)
+    return _as_state_dict(obj, source=path)
 
 
 def convert_d2l_checkpoint(
@@ -444,10 +398,8 @@ def convert_d2l_checkpoint(
 __all__ = [
     "CheckpointConversionError",
     "convert_d2l_checkpoint",
-    "d2l_key_map",
     "from_d2l_state_dict",
     "from_transformers_vit",
-    "infer_d2l_config_kwargs",
     "load_d2l_checkpoint",
     "to_d2l_state_dict",
     "to_transformers_vit",

@@ -1,18 +1,14 @@
 """Evaluate a saved model: loading with clear errors, accuracy, per-class accuracy, confusion matrix, and the plots.
 
-    from hf_vit_d2l.evaluation import load_model_and_processor
-    model, processor = load_model_and_processor("outputs/vit_d2l_fashion_mnist")
-
-`load_model_and_processor` is what every command-line entry point of the package loads a model with: it checks a
-local folder first (config.json readable, a model type transformers knows, weight files whose headers read) so that a
-broken folder gets one `ModelLoadError` naming the file and what to do, instead of a deep traceback. Plain
-`AutoModelForImageClassification.from_pretrained` keeps transformers' own behaviour.
+`load_model_and_processor` is what every command-line entry point of the package loads a model with, so that a broken
+folder gets one `ModelLoadError` naming the file and what to do instead of a deep traceback.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -32,53 +28,65 @@ class ModelLoadError(OSError):
     """A model folder or Hub id that cannot be loaded; the message names the file or path and what to do."""
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------- Loading
 
 
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-def check_model_folder(folder: str, trust_remote_code: bool = False) -> dict[str, Any]:
-    """Raise `ModelLoadError` unless `folder` holds a loadable model; return its config.json as a dict.
+def read_json(path: str, error: type[Exception] = ModelLoadError) -> dict[str, Any]:
+    """The JSON object in `path`, `{}` when there is no such file, `error` naming the file when it is not JSON."""
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise error(f"{path} is not valid JSON ({err}). Save it again, or re-run the step that writes it.") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} holds a JSON {type(data).__name__}, not an object. Save it again.")
+    return data
 
-    Checked: config.json is there and is JSON, its `model_type` is one transformers knows (`vit_d2l` once this package
-    is imported) or the folder brings its own code and `trust_remote_code` is set, the weights' safetensors headers
-    read (which also catches a file cut short), and the image processor's config is there.
+
+def count_parameters(folder: str) -> int:
+    """Parameters of the saved weights, read from the safetensors headers (no tensor is loaded).
+
+    A damaged file gets a `ModelLoadError` naming it: transformers' own error (from Rust) names no file.
     """
     from safetensors import safe_open
 
+    total = 0
+    for name in sorted(n for n in os.listdir(folder) if n.startswith("model") and n.endswith(".safetensors")):
+        try:
+            with safe_open(os.path.join(folder, name), framework="np") as f:
+                total += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())  # noqa: SIM118
+        except Exception as err:  # safetensors raises its own SafetensorError (not an OSError) for a bad header
+            raise ModelLoadError(
+                f"{os.path.join(folder, name)} is damaged ({_first_line(err)}); it was cut short or overwritten. "
+                "Copy the file again or save the model again."
+            ) from None
+    return total
+
+
+def check_model_folder(folder: str, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Raise `ModelLoadError` unless `folder` holds a loadable model (config, weight headers, image processor config);
+    return its config.json as a dict. A missing weight file is left to transformers' own message, which names it."""
     config_path = os.path.join(folder, "config.json")
     if not os.path.isfile(config_path):
         raise ModelLoadError(
             f"{folder} has no config.json, so it is not a saved model folder. Pass a folder written by "
             "save_pretrained (the output folder of scripts/train.py) or a Hub id USER/NAME."
         )
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{config_path} cannot be read as JSON ({err}); save the model again.") from None
-    model_type = config.get("model_type") if isinstance(config, dict) else None
+    config = read_json(config_path)
+    model_type = config.get("model_type")
     if model_type not in CONFIG_MAPPING and not (trust_remote_code and config.get("auto_map")):
         raise ModelLoadError(
             f"{config_path} has model_type {model_type!r}, which is not 'vit_d2l' (this package's models) nor a "
             "model type transformers knows. Fix model_type, or pass --trust_remote_code if the folder brings its "
             "own code (an auto_map in config.json)."
         )
-    # A missing weight file gets transformers' own message, which names it; a damaged one gets a Rust error that
-    # names nothing, so every header is read here first.
-    for name in sorted(n for n in os.listdir(folder) if n.startswith("model") and n.endswith(".safetensors")):
-        try:
-            with safe_open(os.path.join(folder, name), framework="pt") as f:
-                f.keys()
-        except Exception as err:  # safetensors raises its own SafetensorError (not an OSError) for a bad header
-            raise ModelLoadError(
-                f"{os.path.join(folder, name)} is damaged ({_first_line(err)}); it was cut short or overwritten. "
-                "Copy the file again or save the model again."
-            ) from None
+    count_parameters(folder)
     if not os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
         raise ModelLoadError(
             f"{folder} has no preprocessor_config.json (the image processor). Save one next to the weights, e.g. "
@@ -113,17 +121,12 @@ def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = 
         model = AutoModelForImageClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
         processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, backend="pil")
     except (OSError, ValueError, KeyError, EOFError) as err:
-        if os.path.isdir(path):
-            raise ModelLoadError(f"Could not load the folder {path}: {_first_line(err)}") from None
-        raise ModelLoadError(
-            f"{path} is not a local folder, and as a Hub id it could not be loaded: {_first_line(err)}"
-        ) from None
+        what = f"the folder {path}" if os.path.isdir(path) else f"{path} (not a local folder, so as a Hub id)"
+        raise ModelLoadError(f"Could not load {what}: {_first_line(err)}") from None
     return model.to(device or "cpu").eval(), processor
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Plots (matplotlib's object API: no pyplot, no display, no global backend state)
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------- Plots (matplotlib's object API: no pyplot, no display, no global backend state)
 
 
 def plot_training_curves(log_history: Sequence[dict], path: str | os.PathLike, title: str | None = None) -> str:
@@ -181,9 +184,7 @@ def plot_confusion_matrix(
     return os.fspath(path)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Evaluating a saved model (scripts/evaluate.py)
-# ---------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------- Evaluating a saved model (scripts/evaluate.py)
 
 
 @dataclass
@@ -292,9 +293,7 @@ def evaluate_saved_model(eval_args: EvaluateArguments, data_args) -> dict[str, A
 __all__ = [
     "EvaluateArguments",
     "ModelLoadError",
-    "check_model_folder",
     "evaluate_saved_model",
-    "label_mapping",
     "load_model_and_processor",
     "plot_confusion_matrix",
     "plot_training_curves",

@@ -2,10 +2,7 @@
 
 `build_model_card` renders `templates/model_card.md` (Jinja, via `huggingface_hub.ModelCard.from_template`) with
 values read from the run's own files: `config.json`, `run_info.json`, `all_results.json`, `trainer_state.json`, and
-after `scripts/evaluate.py` `eval_results.json` and `confusion_matrix.png`. A figure the folder lacks is written as
-"not measured". `push_to_hub` checks the folder, the token and the Hub *before* it touches anything, stages exactly
-the folder that is uploaded (the training folder itself is only read), and uploads it with `HfApi.create_repo` and
-`HfApi.upload_folder`.
+after `scripts/evaluate.py` `eval_results.json` and `confusion_matrix.png`. `push_to_hub` stages and uploads it.
 
     from hf_vit_d2l.hub import build_model_card
     build_model_card("outputs/vit_d2l_fashion_mnist", repo_id="me/vit-d2l-fashion-mnist").save("README.md")
@@ -13,24 +10,22 @@ the folder that is uploaded (the training folder itself is only read), and uploa
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .configuration_vit_d2l import ViTD2LConfig
 from .data import HUB_DATASET_ID
-from .evaluation import ModelLoadError, check_model_folder
+from .evaluation import ModelLoadError, check_model_folder, count_parameters, read_json
 from .image_processing_vit_d2l import LUMA
 from .utils import hub_available, save_folder_atomically
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-NOT_MEASURED = "not measured"
 # Auto classes a Hub user without this package loads the model with (`trust_remote_code=True`).
 AUTO_CLASSES = ("AutoConfig", "AutoModel", "AutoModelForImageClassification")
 # TrainingArguments fields the card lists (from run_info.json's `training_args`), in this order.
@@ -49,9 +44,7 @@ class HubPushError(RuntimeError):
     """The push cannot go ahead (offline, no token, incomplete folder); nothing was changed."""
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Figures of a run folder
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------- Figures of a run folder
 
 
 def flops_per_image(config: ViTD2LConfig) -> int:
@@ -73,25 +66,7 @@ def flops_per_image(config: ViTD2LConfig) -> int:
 
 
 def _read_json(folder: str, name: str) -> dict[str, Any]:
-    path = os.path.join(folder, name)
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RunFolderError(f"{path} is not valid JSON ({err}). Re-run the step that writes it.") from None
-
-
-def count_parameters(folder: str) -> int:
-    """Parameters of the saved weights, read from the safetensors headers (no tensor is loaded)."""
-    from safetensors import safe_open
-
-    total = 0
-    for name in (n for n in os.listdir(folder) if n.startswith("model") and n.endswith(".safetensors")):
-        with safe_open(os.path.join(folder, name), framework="np") as f:
-            total += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())  # noqa: SIM118
-    return total
+    return read_json(os.path.join(folder, name), RunFolderError)
 
 
 def get_test_accuracy(eval_results: dict, all_results: dict, run_info: dict) -> tuple[float, int | None, str] | None:
@@ -116,9 +91,7 @@ def _epoch_rows(log_history: list[dict]) -> list[dict[str, float | None]]:
     return rows
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The card
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------ The card
 
 
 def _card_data(
@@ -175,7 +148,6 @@ def build_model_card(
     return ModelCard.from_template(
         _card_data(repo_id, dataset_id, dataset_name or "local image folder", accuracy),
         template_path=str(TEMPLATES / "model_card.md"),
-        model_name=(repo_id or "vit-d2l").split("/")[-1],
         repo_id=repo_id or "YOUR_USER/vit-d2l",
         revision=revision,
         stock_vit_repo_id=stock_vit_repo_id,
@@ -192,16 +164,12 @@ def build_model_card(
         accuracy=accuracy,
         accuracy_samples=samples,
         accuracy_source=source,
-        loss=eval_results.get("loss") if source == "eval_results.json" else all_results.get("eval_loss"),
         evaluation=eval_results,
         files=set(os.listdir(folder)),
-        not_measured=NOT_MEASURED,
     )
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Staging and pushing
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------- Staging and pushing
 
 
 def check_folder_complete(folder: str | os.PathLike) -> list[str]:
@@ -210,9 +178,6 @@ def check_folder_complete(folder: str | os.PathLike) -> list[str]:
     Beyond what loading needs (`hf_vit_d2l.evaluation.check_model_folder`: readable config, weights, processor),
     a Hub user without this package needs an `auto_map` entry for each Auto class and every code file it names.
     """
-    folder = os.fspath(folder)
-    if not os.path.isdir(folder):
-        return [f"{folder} is not a folder"]
     try:
         auto_map = check_model_folder(folder).get("auto_map") or {}
     except ModelLoadError as err:
@@ -270,17 +235,14 @@ def rgb_input_stock_vit(stock):
     logits the original gives on that image's grayscale version (exactly for gray images, whose R = G = B, since
     the weights sum to 1; for colour images the package's processor rounds the grayscale image to 8 bits first).
     """
-    import torch
-
     embeddings = stock.vit.embeddings.patch_embeddings
     conv = embeddings.projection
     if conv.in_channels != 1:
         return stock
-    rgb = torch.nn.Conv2d(3, conv.out_channels, conv.kernel_size, stride=conv.stride, bias=conv.bias is not None)
+    rgb = torch.nn.Conv2d(3, conv.out_channels, conv.kernel_size, stride=conv.stride)  # stock ViT's has a bias
     with torch.no_grad():
         rgb.weight.copy_(conv.weight * torch.tensor(LUMA, dtype=conv.weight.dtype).view(1, 3, 1, 1))
-        if conv.bias is not None:
-            rgb.bias.copy_(conv.bias)
+        rgb.bias.copy_(conv.bias)
     embeddings.projection = rgb.to(conv.weight.device)
     embeddings.num_channels = stock.config.num_channels = 3
     return stock
@@ -304,7 +266,6 @@ def stage_stock_vit(folder: str | os.PathLike, out_dir: str | os.PathLike, repo_
     card = ModelCard.from_template(
         _card_data(repo_id, dataset_id, dataset_id, accuracy=None),
         template_path=str(TEMPLATES / "stock_vit_card.md"),
-        model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
         source_repo_id=source_repo_id,
         luma=", ".join(f"{weight:g}" for weight in LUMA),
@@ -324,19 +285,17 @@ def check_hub_ready() -> str:
     """The token, or a `HubPushError` when uploading cannot work: offline mode, no token, or the Hub unreachable."""
     from huggingface_hub import constants, get_token
 
-    fallback = "or use --dry_run OUT_DIR to write the folder that would be uploaded. Nothing was changed."
     if constants.HF_HUB_OFFLINE:
-        raise HubPushError(
-            f"HF_HUB_OFFLINE is set, so nothing can be uploaded. Unset it on a machine online, {fallback}"
-        )
-    token = get_token()
-    if not token:
-        raise HubPushError(f"No Hugging Face token found. Run `hf auth login` (or set HF_TOKEN), {fallback}")
-    if not hub_available():
-        raise HubPushError(
-            f"Cannot reach the Hub at {constants.ENDPOINT}. Check the network (or HF_ENDPOINT), {fallback}"
-        )
-    return token
+        problem = "HF_HUB_OFFLINE is set, so nothing can be uploaded. Unset it on a machine online"
+    elif not (token := get_token()):
+        problem = "No Hugging Face token found. Run `hf auth login` (or set HF_TOKEN)"
+    elif not hub_available():
+        problem = f"Cannot reach the Hub at {constants.ENDPOINT}. Check the network (or HF_ENDPOINT)"
+    else:
+        return token
+    raise HubPushError(
+        f"{problem}, or use --dry_run OUT_DIR to write the folder that would be uploaded. Nothing was changed."
+    )
 
 
 def push_to_hub(
@@ -393,12 +352,7 @@ __all__ = [
     "RunFolderError",
     "build_model_card",
     "check_folder_complete",
-    "check_hub_ready",
-    "count_parameters",
     "flops_per_image",
-    "get_test_accuracy",
     "push_to_hub",
-    "rgb_input_stock_vit",
     "stage_for_upload",
-    "stage_stock_vit",
 ]

@@ -136,7 +136,7 @@ def test_heads_that_do_not_divide_hidden_need_num_heads():
 @pytest.mark.parametrize(
     ("state", "message"),
     [
-        ([1, 2, 3], "Expected a state dict"),
+        ([1, 2, 3], "not a state dict of tensors: it is a list"),
         ({}, "empty"),
         ({"cls_token": "not a tensor"}, "not a tensor"),
         ({"weight": torch.zeros(3)}, "Missing key 'cls_token'"),

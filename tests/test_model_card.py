@@ -30,7 +30,6 @@ from hf_vit_d2l import (
     get_preset,
 )
 from hf_vit_d2l.hub import (
-    NOT_MEASURED,
     HubPushError,
     RunFolderError,
     build_model_card,
@@ -39,6 +38,7 @@ from hf_vit_d2l.hub import (
     stage_for_upload,
 )
 
+NOT_MEASURED = "not measured"  # what the card writes for a figure the folder lacks
 REQUIRED_SECTIONS = (
     "## Model description",
     "## Intended uses and limitations",
@@ -331,7 +331,7 @@ def test_card_rejects_non_model_folders(tmp_path):
     with pytest.raises(RunFolderError, match="model_type='bert'"):
         build_model_card(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(RunFolderError, match="not valid JSON"):
+    with pytest.raises(RunFolderError, match="config.json is not valid JSON"):
         build_model_card(tmp_path)
 
 

@@ -268,7 +268,7 @@ def _copy_model(model_folder, tmp_path, name):
         ("garbage", "model.safetensors is damaged"),
         ("no_weights", "no file named model.safetensors"),
         ("no_config", "has no config.json"),
-        ("bad_json", "cannot be read as JSON"),
+        ("bad_json", "is not valid JSON"),
         ("model_type", "model_type 'vit_d2l_typo', which is not 'vit_d2l'"),
         ("no_processor", "has no preprocessor_config.json"),
         ("missing_folder", "no such folder"),
