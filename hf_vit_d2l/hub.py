@@ -334,6 +334,7 @@ def push_to_hub(
         api = HfApi(token=token)
         result = {"url": str(api.create_repo(repo_id, private=private, exist_ok=True))}
         commit = api.upload_folder(repo_id=repo_id, folder_path=staged, commit_message="Upload ViT (d2l) and its card")
+        result["commit"] = commit.oid
         card = build_model_card(staged, repo_id, stock_vit_repo_id, revision=commit.oid)
         message = f"Model card: pin the code of commit {commit.oid[:8]} in the usage snippets"
         api.upload_file(

@@ -5,6 +5,7 @@ Needs the `demo` extra (gradio) and, for the browser test, Debian's `chromium` +
 with HF_VIT_D2L_REQUIRE_BROWSER=1 (set in CI) a missing browser fails the test instead of skipping it.
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -23,7 +24,12 @@ from hf_vit_d2l import ViTD2LConfig, ViTD2LForImageClassification, ViTD2LImagePr
 gr = pytest.importorskip("gradio", reason='the demo needs gradio: pip install -e ".[demo]"')
 from gradio_client import Client, handle_file  # noqa: E402
 
-from hf_vit_d2l.demo import build_demo, classify, launch_kwargs, load_model, write_space_folder  # noqa: E402
+REPO_ROOT_FOR_IMPORT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("demo", os.path.join(REPO_ROOT_FOR_IMPORT, "scripts", "demo.py"))
+demo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(demo)
+build_demo, classify, launch_kwargs = demo.build_demo, demo.classify, demo.launch_kwargs
+load_model, write_space_folder = demo.load_model, demo.write_space_folder
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"image_size": 28, "patch_size": 7, "hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4}
@@ -234,7 +240,7 @@ SPACE_SCRIPT = textwrap.dedent(
     os.chdir(space)
     sys.path.insert(0, space)
     app = runpy.run_path("app.py", run_name="space")
-    from vit_d2l_demo.demo import classify
+    from demo import classify
 
     scores, _, _, _ = classify(image, app["model"], app["processor"], top_k=10)
     json.dump(
@@ -280,3 +286,19 @@ def test_space_folder_runs_without_the_package(model_folder, test_images, tmp_pa
     expected, _, _, _ = classify(test_images["gray"], model, processor, top_k=10)
     assert result["scores"].keys() == expected.keys()
     np.testing.assert_allclose(list(result["scores"].values()), list(expected.values()), rtol=0, atol=1e-6)
+
+
+def test_push_to_hub_dry_run_writes_the_space_folder(model_folder, tmp_path):
+    command = [
+        sys.executable, os.path.join(REPO_ROOT, "scripts", "push_to_hub.py"), model_folder, "--repo_id",
+        "someone/vit-d2l", "--dry_run", str(tmp_path / "upload"), "--space_repo_id", "someone/vit-d2l-demo",
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=180, env=dict(os.environ, HF_HUB_OFFLINE="1")
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    space = tmp_path / "upload-space"
+    assert f"wrote the Space folder to {space}" in result.stdout
+    app = (space / "app.py").read_text()
+    assert "'someone/vit-d2l'" in app and "'main'" in app and "trust_remote_code=True" in app
+    assert {"demo.py", "attention_maps.py", "requirements.txt", "README.md"} <= {p.name for p in space.iterdir()}
