@@ -83,6 +83,10 @@ def test_evaluate_script_on_the_whole_test_split(saved_model, fashion_mnist_dir,
     for i, name in enumerate(results["labels"]):
         assert results["per_class_accuracy"][name] == pytest.approx(matrix[i, i] / matrix[i].sum())
     assert (out / "confusion_matrix.png").read_bytes()[:8] == PNG
+    # Inverted images (255 - pixel): what the model card reports for dark items on a light background.
+    _, inverted_accuracy, _ = _expected(model, 255 - images, labels)
+    assert results["inverted_accuracy"] == pytest.approx(inverted_accuracy, abs=1e-12)
+    assert results["inverted_accuracy"] < results["accuracy"] - 0.05
 
 
 def test_evaluate_defaults_to_the_model_folder_and_flip_override(saved_model, fashion_mnist_dir, tmp_path):

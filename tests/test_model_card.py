@@ -148,6 +148,7 @@ def make_run_folder(path, with_eval: bool = True, with_results: bool = True) -> 
             "eval_results.json",
             {
                 "accuracy": accuracy,
+                "inverted_accuracy": 0.1234,
                 "loss": loss,
                 "num_samples": len(labels),
                 "per_class_accuracy": per_class,
@@ -238,6 +239,7 @@ def test_card_metadata_and_sections(run_folder, tmp_path):
     text = parsed.text
     for section in REQUIRED_SECTIONS:
         assert section in text
+    assert "test images inverted" in text and "right\n12.34% of the time" in text  # dark items on white
     model = ViTD2LForImageClassification.from_pretrained(run_folder)
     assert f"| parameters | | {sum(p.numel() for p in model.parameters()):,} |" in text
     assert f"{flops_per_image(model.config):,}" in text
