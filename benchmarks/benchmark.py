@@ -304,7 +304,10 @@ class Collator:
 
 
 class StepClock(TrainerCallback):
-    """Times the Trainer from the end of its first (warm-up) step to the end of its last: img/s of the loop."""
+    """Times the Trainer from the end of its first step to the end of its last: img/s of the loop.
+
+    The first step (and the DataLoader's start, worker processes included) is the warm-up: it is not timed.
+    """
 
     def __init__(self, device: str):
         self.device, self.ends = device, []
@@ -349,7 +352,6 @@ def bench_trainer(config, args: BenchmarkArguments, out_dir: str) -> dict:
     units = {"bare_step": unit(lambda: step(x, y), args), "bare_step_with_collation": unit(collate_and_step, args)}
     for name, overrides in TRAINER_VARIANTS.items():
         units[name] = trainer_unit(model, dataset, collator, args, out_dir, **overrides)
-        units[name]()  # warm-up run (first DataLoader, worker start)
     rows = summarise(interleave(units, args.repeats), "bare_step")
     for name, overrides in TRAINER_VARIANTS.items():
         rows[name]["training_arguments"] = overrides
