@@ -1,181 +1,89 @@
-"""Smoke tests of the benchmark's plumbing and the fast path (tiny config, 1-2 steps; no timed assertions)."""
+"""benchmarks/benchmark.py and benchmarks/gpu_book_run.py: what they measure and record (tiny configs, real data).
 
-import importlib.util
+Benchmarks are scripts: these tests check the bookkeeping (interleaved repeats, per-round ratios, the JSON, the
+bf16 guard, the Trainer units) and that the GPU-resident loop learns on a CPU, never how fast anything is.
+"""
+
 import json
-import math
+import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from hf_vit_d2l import ViTD2LForImageClassification, get_preset
-from hf_vit_d2l.benchmark import TRAIN_MODELS, BenchmarkError, BenchmarkOptions, flops_per_image, run_benchmark
-from hf_vit_d2l.fast import (
-    Bf16MasterWeightOptimizer,
-    FastDropout,
-    apply_fast_path,
-    fast_dropout,
-    restore_fp32,
-    to_bf16_with_master_weights,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import benchmark  # noqa: E402
+import gpu_book_run  # noqa: E402
+
+TINY = json.dumps({"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 37})
 
 
-def _load_script():
-    """scripts/benchmark.py as a module, without putting scripts/ on sys.path (scripts/evaluate.py would shadow
-    the `evaluate` library for every later import in the session)."""
-    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-    spec = importlib.util.spec_from_file_location("vit_d2l_benchmark_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_ratios_are_medians_of_per_round_ratios():
+    rows = benchmark.summarise({"a": [10.0, 30.0, 20.0], "b": [5.0, 10.0, 40.0]}, reference="b")
+    assert rows["a"]["img_per_s"] == 20.0 and rows["a"]["repeats_img_per_s"] == [10.0, 30.0, 20.0]
+    assert rows["a"]["vs_b"] == 2.0  # rounds: 2.0, 3.0, 0.5 -> median 2.0 (not 20 / 10)
+    assert rows["b"]["vs_b"] == 1.0
+    calls = []
+    rates = benchmark.interleave({"x": lambda: calls.append("x") or 1.0, "y": lambda: calls.append("y") or 2.0}, 3)
+    assert calls == ["x", "y"] * 3 and rates == {"x": [1.0] * 3, "y": [2.0] * 3}
 
 
-TINY = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4}
-HAVE_DATA = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists()
-
-
-def test_flops_of_the_book_config():
-    flops = flops_per_image(get_preset("vit_d2l_fashion_mnist"))
-    # 36 patches: 4,718,592 MACs; per block (37 tokens, 512/2048): 117,793,792; head 5,120 -> x2 FLOPs per MAC
-    # = 0.4806 GFLOP forward, 3x for training (the issue's ~1.43 GFLOP)
-    assert flops["forward"] == 2 * (4_718_592 + 2 * 117_793_792 + 5_120)
-    assert flops["train"] == 3 * flops["forward"]
-
-
-def test_benchmark_quick_subset(tmp_path):
-    out = tmp_path / "quick.json"
-    rc = _load_script().main(
-        [
-            "--config_overrides", json.dumps(TINY), "--batch_size", "4", "--steps", "1", "--repeats", "1",
-            "--models", "this_eager", "transformers_vit", "this_bf16_master",
-            "--skip", "data", "trainer", "loss_curve", "--matmul_size", "64", "--json_out", str(out),
-        ]
-    )  # fmt: skip
-    assert rc == 0
-    result = json.loads(out.read_text())
-    assert list(result["train"]) == ["this_eager", "transformers_vit", "this_bf16_master"]
-    assert "data" not in result and "trainer" not in result and "loss_curve" not in result
-    row = result["train"]["this_bf16_master"]
-    assert row["compute_dtype"] == "bf16" and row["img_per_s"] > 0 and math.isfinite(row["final_loss"])
-    assert row["vs_transformers"] == pytest.approx(row["img_per_s"] / result["train"]["transformers_vit"]["img_per_s"])
-
-
-@pytest.mark.skipif(not HAVE_DATA, reason="needs the Debian dataset-fashion-mnist files")
-def test_benchmark_script_writes_complete_json(tmp_path):
-    benchmark_script = _load_script()
-
+def test_train_and_bf16_sections_record_every_repeat(tmp_path, monkeypatch):
+    monkeypatch.setattr(benchmark, "cpu_has_native_bf16", lambda: False)
     out = tmp_path / "bench.json"
-    rc = benchmark_script.main(
-        [
-            "--config_overrides", json.dumps(TINY),
-            "--batch_size", "8", "--steps", "1", "--repeats", "2", "--warmup", "1",
-            "--trainer_steps", "2", "--data_samples", "48", "--loss_curve_steps", "3",
-            "--matmul_size", "128", "--json_out", str(out),
-        ]
-    )  # fmt: skip
-    assert rc == 0
+    argv = ["--config_overrides", TINY, "--batch_size", "4", "--steps", "1", "--sections", "train", "bf16"]
+    assert benchmark.main([*argv, "--json_out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert set(result["matmul_gflops"]) == {"fp32", "bf16"}
-    assert all(v > 0 for v in result["matmul_gflops"].values())
-    assert list(result["train"]) == list(TRAIN_MODELS)
-    for name, row in result["train"].items():
-        assert row["img_per_s"] > 0 and len(row["samples_img_per_s"]) == 2, name
-        assert math.isfinite(row["final_loss"]) and 0 < row["final_loss"] < 10, name
-        assert row["matmul_fraction"] > 0
-        assert row["compute_dtype"] == ("bf16" if "bf16" in name else "fp32")
-        assert result["inference"][name]["img_per_s"] > 0 and result["inference"][name]["latency_ms_batch1"] > 0
-    assert result["train"]["transformers_vit"]["vs_transformers"] == pytest.approx(1.0)
-    assert result["train"]["this_eager"]["vs_this_fp32"] == pytest.approx(1.0)
-    # same architecture and size for this model, the book's module and (up to W_o's bias) stock transformers
-    params = result["num_parameters"]
-    assert params["this_eager"] == params["d2l_book"] == result["config"]["num_parameters"]
-    assert abs(params["transformers_vit"] - params["this_eager"]) <= 2 * TINY["hidden_size"]
-    assert result["data"]["img_per_s"] > 0
-    assert result["trainer"]["steps_timed"] == 2 and result["trainer"]["vs_bare_step"] > 0
-    curves = result["loss_curve"]["curves"]
-    assert {len(c) for c in curves.values()} == {3}
-    assert curves["fp32"][0] == pytest.approx(curves["bf16_master"][0], abs=0.1)  # same init, same first batch
-    assert result["peak_rss_mib"] > 50
-    assert "python scripts/benchmark.py" in result["command"]
+    assert result["machine"]["cpu_isa"] and result["machine"]["torch_threads"] >= 1
+    models = result["sections"]["train"]["models"]
+    assert list(models) == list(benchmark.MODELS)
+    for row in models.values():
+        assert len(row["repeats_img_per_s"]) == 3 and min(row["repeats_img_per_s"]) > 0
+    assert models["transformers_vit"]["vs_transformers_vit"] == models["d2l_book"]["vs_d2l_book"] == 1.0
+    # same architecture: this model and the book's have the same parameters; stock ViT adds W_o's bias only
+    assert models["this_eager"]["num_parameters"] == models["d2l_book"]["num_parameters"] == 16_372
+    assert models["transformers_vit"]["num_parameters"] - models["this_eager"]["num_parameters"] == 2 * 32
+    assert "no native bf16" in result["sections"]["bf16"]["skipped"]
+    assert "python benchmarks/benchmark.py" in result["command"]
 
 
-def test_benchmark_rejects_bad_options():
-    with pytest.raises(BenchmarkError, match="--dtype"):
-        run_benchmark(BenchmarkOptions(dtype="fp16"))
-    with pytest.raises(BenchmarkError, match="unknown names"):
-        run_benchmark(BenchmarkOptions(skip=["trian"]))
-    with pytest.raises(BenchmarkError, match="config_overrides"):
-        run_benchmark(BenchmarkOptions(config_overrides={"hidden_size": -4}, skip=list(TRAIN_MODELS)))
+def test_trainer_and_data_sections_on_real_images(tmp_path, fashion_mnist_dir):
+    args = benchmark.BenchmarkArguments(
+        config_overrides=TINY, batch_size=8, steps=1, repeats=1, trainer_steps=2, data_samples=40,
+        sections=["trainer", "data"], data_dir=str(fashion_mnist_dir),
+    )  # fmt: skip
+    result = benchmark.run_benchmark(args, log=lambda _: None)
+    rows = result["sections"]["trainer"]["models"]
+    assert list(rows) == ["bare_step", "bare_step_with_collation", *benchmark.TRAINER_VARIANTS]
+    assert rows["trainer_1_worker"]["training_arguments"] == {"dataloader_num_workers": 1}
+    assert all(row["img_per_s"] > 0 and row["vs_bare_step"] > 0 for row in rows.values())
+    assert result["sections"]["data"]["models"]["dataset_processor_collator"]["img_per_s"] > 0
+    assert "### trainer" in benchmark.format_report(result)
 
 
-def test_bad_json_overrides_give_a_clear_error(capsys):
-    benchmark_script = _load_script()
-
-    assert benchmark_script.main(["--config_overrides", "{hidden_size: 4}"]) == 2
-    assert "not valid JSON" in capsys.readouterr().err
-
-
-def test_fast_dropout_statistics_and_modes():
-    torch.manual_seed(0)
-    x = torch.ones(400_000)
-    y = fast_dropout(x, 0.1)
-    assert (y == 0).float().mean().item() == pytest.approx(0.1, abs=0.003)
-    assert y.mean().item() == pytest.approx(1.0, abs=0.01)
-    values = torch.unique(y).tolist()
-    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1 / 0.9)
-    assert torch.equal(fast_dropout(x, 0.1, training=False), x)
-    module = FastDropout(0.3).eval()
-    assert torch.equal(module(x), x)
-    with pytest.raises(ValueError, match="dropout probability"):
-        FastDropout(1.5)
+def test_real_images_and_bad_arguments(fashion_mnist_dir, capsys):
+    dataset = benchmark.fashion_mnist_slice(3, str(fashion_mnist_dir))
+    assert dataset["label"] == [9, 0, 0] and dataset[0]["image"].size == (28, 28)  # Ankle boot, T-shirt, T-shirt
+    assert benchmark.main(["--sections", "trian"]) == 2
+    assert "unknown names ['trian']" in capsys.readouterr().err
+    assert benchmark.main(["--config_overrides", '{"hiden_size": 4}']) == 2
+    assert "unknown config fields ['hiden_size']" in capsys.readouterr().err
+    assert benchmark.main(["--sections", "data", "--data_dir", "/nonexistent"]) == 2
+    assert "scripts/setup.sh" in capsys.readouterr().err
 
 
-def test_fast_path_keeps_keys_and_eval_logits():
-    torch.manual_seed(0)
-    model = ViTD2LForImageClassification(get_preset("vit_d2l_fashion_mnist", **TINY)).eval()
-    x = torch.rand(3, 1, 32, 32)
-    reference = model(x).logits
-    keys = set(model.state_dict())
-    apply_fast_path(model)
-    assert set(model.state_dict()) == keys
-    torch.testing.assert_close(model(x).logits, reference, atol=1e-5, rtol=1e-5)
-    assert model(x, output_attentions=True).attentions[0].shape == (3, 4, 17, 17)
-    with pytest.raises(ValueError, match="input channel"):
-        model(torch.rand(3, 3, 32, 32))
-    model.train()
-    loss = model(x, labels=torch.tensor([0, 1, 2])).loss
-    loss.backward()
-    assert model.vit_d2l.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
+def test_gpu_book_run_learns_on_the_cpu(tiny_idx_dir, tmp_path):
+    out = tmp_path / "run.json"
+    argv = ["--device", "cpu", "--preset", "vit_d2l_fashion_mnist_quick", "--epochs", "2", "--batch_size", "32"]
+    argv += ["--no-bf16", "--no-compile", "--data_dir", str(tiny_idx_dir), "--json_out", str(out)]
+    assert gpu_book_run.main(argv) == 0
+    epochs = json.loads(out.read_text())["epochs"]
+    assert len(epochs) == 2 and epochs[1]["train_loss"] < epochs[0]["train_loss"]
+    assert epochs[1]["eval_accuracy"] > 0.2  # 200 real test images (measured 0.28); chance is 0.1
 
 
-def test_bf16_master_weights_step_and_restore():
-    torch.manual_seed(0)
-    model = ViTD2LForImageClassification(get_preset("vit_d2l_fashion_mnist", **TINY))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = to_bf16_with_master_weights(model, lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9))
-    assert isinstance(optimizer, Bf16MasterWeightOptimizer)
-    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
-    assert all(m.dtype == torch.float32 for m in optimizer.master_params)
-    # masters start as the exact fp32 weights, not their bf16 rounding
-    assert torch.equal(optimizer.master_params[0], before["vit_d2l.embeddings.cls_token"])
-    x, y = torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])
-    model(x, labels=y).loss.backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    assert all(p.grad is None for p in model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)  # schedulers drive its param_groups
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
-    del scheduler
-    state = optimizer.state_dict()
-    restore_fp32(model, optimizer)
-    assert all(p.dtype == torch.float32 for p in model.parameters())
-    changed = model.state_dict()["classifier.weight"]
-    assert torch.equal(changed, optimizer.master_params[-2]) and not torch.equal(changed, before["classifier.weight"])
-    fresh = to_bf16_with_master_weights(
-        ViTD2LForImageClassification(get_preset("vit_d2l_fashion_mnist", **TINY)),
-        lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9),
-    )
-    fresh.load_state_dict(state)
-    assert torch.equal(fresh.master_params[-2], optimizer.master_params[-2])
-    with pytest.raises(ValueError, match="master_params"):
-        fresh.load_state_dict({"inner": {}})
+def test_gpu_book_run_refuses_a_missing_gpu(capsys):
+    if benchmark.torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert gpu_book_run.main(["--device", "cuda"]) == 2
+    assert "--device cpu" in capsys.readouterr().err
