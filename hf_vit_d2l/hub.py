@@ -165,6 +165,7 @@ def build_model_card(
         accuracy_samples=samples,
         accuracy_source=source,
         evaluation=eval_results,
+        processor=_read_json(folder, "preprocessor_config.json"),
         files=set(os.listdir(folder)),
     )
 

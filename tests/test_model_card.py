@@ -624,7 +624,11 @@ def test_upload_pins_the_uploaded_commit_in_the_card(run_folder, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
     monkeypatch.setattr(hub, "check_hub_ready", lambda: "hf_token")
     result = hub.push_to_hub(run_folder, "u/m", stock_vit_repo_id="u/m-stock")
-    assert result == {"url": "https://huggingface.co/u/m", "stock_vit_url": "https://huggingface.co/u/m-stock"}
+    assert result == {
+        "url": "https://huggingface.co/u/m",
+        "stock_vit_url": "https://huggingface.co/u/m-stock",
+        "commit": "0123456789abcdef0123456789abcdef01234567",
+    }
     assert calls[0] == ("token", "hf_token")
     assert (
         calls[1][:2] == ("folder", "u/m") and {"README.md", "model.safetensors", "modeling_vit_d2l.py"} <= calls[1][2]
