@@ -475,12 +475,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
         result = run_benchmark(args, log=lambda message: print(message, file=sys.stderr, flush=True))
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     result["command"] = " ".join(["python", "benchmarks/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
     print(format_report(result))
     if args.json_out:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import transformers
 from transformers.models.auto import modeling_auto
+from transformers.utils import logging as transformers_logging
 
 from hf_vit_d2l import ViTD2LConfig, ViTD2LForImageClassification, ViTD2LModel
 
@@ -156,7 +157,12 @@ def listed_in_the_auto_mappings():
     ]
     for mapping, name in mappings:
         mapping[ViTD2LConfig.model_type] = name
+    # Some tests read transformers' warnings (e.g. "Reinit due to size mismatch"): run at its default verbosity,
+    # whatever an earlier test in the same process set.
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_warning()
     yield
+    transformers_logging.set_verbosity(verbosity)
     for mapping, _ in mappings:
         mapping.pop(ViTD2LConfig.model_type, None)
 
