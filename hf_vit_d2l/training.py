@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import transformers
 from huggingface_hub.errors import StrictDataclassError
-from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoConfig,
     AutoModelForImageClassification,
@@ -41,6 +40,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import data
 from .configuration_vit_d2l import ViTD2LConfig
+from .evaluation import ModelLoadError, count_parameters
 from .image_processing_vit_d2l import ViTD2LImageProcessor
 from .modeling_vit_d2l import ViTD2LForImageClassification
 from .presets import PRESETS, parse_config_overrides
@@ -197,17 +197,16 @@ def checkpoint_problem(path: str) -> str | None:
     The Trainer writes `trainer_state.json` last, so a checkpoint without it was interrupted while saving.
     """
     state = os.path.join(path, "trainer_state.json")
-    weights = os.path.join(path, "model.safetensors")
     if not os.path.isfile(state):
         return f"{state} is missing (the save was interrupted)"
     try:
         json.loads(Path(state).read_text())
-        with safe_open(weights, "pt") as f:
-            f.keys()
-    except (OSError, ValueError, SafetensorError) as err:
-        culprit = state if isinstance(err, json.JSONDecodeError) else weights
-        return f"{culprit} is unreadable ({str(err).splitlines()[0]})"
-    return None
+    except (OSError, ValueError) as err:
+        return f"{state} is unreadable ({err})"
+    try:  # reads every weight file's header, as loading will
+        return None if count_parameters(path) else f"{path} holds no model.safetensors"
+    except ModelLoadError as err:
+        return str(err)
 
 
 def _checkpoints(output_dir: str) -> list[str]:
