@@ -27,7 +27,6 @@ import atexit
 import contextlib
 import gzip
 import io
-import json
 import math
 import os
 import platform
@@ -59,6 +58,7 @@ from d2l_reference import ViT  # noqa: E402
 from hf_vit_d2l import ViTD2LForImageClassification, get_preset  # noqa: E402
 from hf_vit_d2l.convert import to_transformers_vit  # noqa: E402
 from hf_vit_d2l.image_processing_vit_d2l import ViTD2LImageProcessor  # noqa: E402
+from hf_vit_d2l.presets import parse_config_overrides  # noqa: E402
 from hf_vit_d2l.utils import cpu_count, cpu_has_native_bf16, cpu_isa, write_json_atomic  # noqa: E402
 
 SECTIONS = ("train", "bf16", "compile", "trainer", "data")
@@ -82,7 +82,7 @@ IMAGES_PER_EPOCH = 60_000  # Fashion-MNIST's training split
 @dataclass
 class BenchmarkArguments:
     preset: str = field(default="vit_d2l_fashion_mnist", metadata={"help": "Model preset (hf_vit_d2l.PRESETS)."})
-    config_overrides: str = field(default="{}", metadata={"help": 'JSON config fields: {"hidden_size": 64}.'})
+    config_overrides: str = field(default="", metadata={"help": "Config changes, as train.py's: 'hidden_size=64'."})
     batch_size: int = field(default=128, metadata={"help": "Images per training step."})
     steps: int = field(default=2, metadata={"help": "Training steps per timed repeat."})
     repeats: int = field(default=3, metadata={"help": "Interleaved timed repeats per unit (median reported)."})
@@ -114,15 +114,11 @@ class BenchmarkArguments:
 
 
 def load_config(preset: str, overrides: str):
-    """The preset's config with the JSON object `overrides` applied; unknown field names are an error."""
+    """The preset's config with `overrides` ('hidden_size=64,num_blks=1', as train.py's) applied."""
     try:
-        fields = json.loads(overrides)
-        config = get_preset(preset)
-        if unknown := [name for name in fields if not hasattr(config, name)]:
-            raise ValueError(f"unknown config fields {unknown}")
-        return get_preset(preset, **fields)
-    except (TypeError, ValueError) as error:  # JSONDecodeError is a ValueError
-        raise ValueError(f"Bad --preset/--config_overrides {overrides!r}: {error}.") from None
+        return get_preset(preset, **parse_config_overrides(overrides))
+    except ValueError as error:  # names the field and the value
+        raise ValueError(f"Bad --preset/--config_overrides: {error}") from None
 
 
 # ------------------------------------------------------------------------------------------------- measuring

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from transformers import PretrainedConfig
+from huggingface_hub.errors import StrictDataclassError
 
 from .configuration_vit_d2l import ViTD2LConfig
 
@@ -56,51 +56,23 @@ def get_preset(name: str, **overrides) -> ViTD2LConfig:
     return ViTD2LConfig(**{**PRESETS[name], **overrides})
 
 
-def _config_field_types() -> dict[str, type]:
-    """Each config field's type, read from the defaults (book names included, as aliases of theirs)."""
-    common = PretrainedConfig().to_dict()  # output_attentions, return_dict ...: not model fields
-    types = {name: type(value) for name, value in ViTD2LConfig().to_dict().items() if name not in common}
-    types.update(
-        {alias: types[canonical] for alias, canonical in ViTD2LConfig.attribute_map.items() if canonical in types}
-    )
-    types["num_labels"] = types["num_classes"] = int
-    return types
-
-
 def parse_config_overrides(text: str | None) -> dict[str, Any]:
     """'hidden_size=64,num_blks=1,pooling=mean' -> {'hidden_size': 64, ...}, typed after `ViTD2LConfig`'s fields.
 
-    Book and HF names are both accepted; an unknown field, a value of the wrong type or an item that is not
-    key=value raises a `ValueError` saying which.
+    `PretrainedConfig.update_from_string` (what transformers' examples apply `--config_overrides` with) parses the
+    items on a default config, so book and HF names are both accepted and every value is type- and range-checked;
+    an unknown field, a bad value or an item that is not key=value raises a `ValueError` saying which.
     """
-    if not text:
+    if not text or not text.strip():
         return {}
-    types = _config_field_types()
-    overrides = {}
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if "=" not in item:
-            raise ValueError(f"--config_overrides: {item!r} is not key=value (example: 'hidden_size=64').")
-        key, raw = (part.strip() for part in item.split("=", 1))
-        if key not in types:
-            raise ValueError(
-                f"--config_overrides: unknown config field {key!r}. Known fields: {', '.join(sorted(types))}."
-            )
-        kind = types[key]
-        try:
-            if kind is bool:
-                if raw.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError
-                value = raw.lower() in ("true", "1")
-            elif kind is int:
-                value = int(raw)
-            elif kind is float:
-                value = float(raw)
-            else:
-                value = raw
-        except ValueError:
-            raise ValueError(f"--config_overrides: {key}={raw!r} is not a valid {kind.__name__}.") from None
-        overrides[key] = value
-    return overrides
+    text = text.replace(" ", "")  # no config value holds a space
+    probe = ViTD2LConfig()
+    try:
+        probe.update_from_string(text)
+    except (ValueError, TypeError, StrictDataclassError) as err:  # the strict config's errors name the field
+        problem = str(err.__cause__ or err).rstrip(".")
+        raise ValueError(
+            f"--config_overrides {text!r}: {problem}. Give comma-separated key=value items of config fields, "
+            "e.g. 'hidden_size=64,num_blks=1'."
+        ) from None
+    return {item.split("=")[0]: getattr(probe, item.split("=")[0]) for item in text.split(",")}
