@@ -1,5 +1,6 @@
 """scripts/evaluate.py and hf_vit_d2l.evaluation: accuracy, per-class accuracy, confusion matrix (JSON, PNG), plots."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,16 +13,15 @@ import torch
 
 from hf_vit_d2l import ViTD2LConfig, ViTD2LForImageClassification, ViTD2LImageProcessor
 from hf_vit_d2l.data import DataArguments
-from hf_vit_d2l.evaluation import (
-    EvaluateArguments,
-    ModelLoadError,
-    evaluate_saved_model,
-    label_mapping,
-    plot_confusion_matrix,
-    plot_training_curves,
-)
+from hf_vit_d2l.evaluation import ModelLoadError, plot_confusion_matrix, plot_training_curves
 
 REPO = Path(__file__).resolve().parents[1]
+# The script, imported under another name: "evaluate" is the Hugging Face library's.
+_spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
+evaluate_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(evaluate_script)
+EvaluateArguments, evaluate_saved_model = evaluate_script.EvaluateArguments, evaluate_script.evaluate_saved_model
+label_mapping = evaluate_script.label_mapping
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
