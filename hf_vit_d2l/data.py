@@ -58,7 +58,7 @@ IDX_MD5 = {
 # Pixel statistics of the 60,000 training images in [0, 1] (`python -m hf_vit_d2l.data stats`), for normalisation.
 FASHION_MNIST_MEAN = 0.2860
 FASHION_MNIST_STD = 0.3530
-# Fixed, so every tuning run (--validation_size, benchmarks/sweep.py) holds out the same images.
+# Fixed, so every tuning run (--validation_size) holds out the same images.
 VALIDATION_SEED = 42
 BACKENDS = ("pil", "tensor")
 _REFETCH = "Reinstall it (`sudo apt-get install --reinstall dataset-fashion-mnist`) or download it again."
