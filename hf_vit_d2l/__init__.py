@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from .configuration_vit_d2l import FASHION_MNIST_LABELS, ViTD2LConfig
-from .convert import CheckpointConversionError, from_d2l_state_dict, from_transformers_vit, to_transformers_vit
+from .convert import CheckpointConversionError, from_d2l_state_dict, to_transformers_vit
 from .image_processing_vit_d2l import ViTD2LImageProcessor
 from .modeling_vit_d2l import ViTD2LForImageClassification, ViTD2LModel, ViTD2LPreTrainedModel
 from .presets import PRESETS, get_preset
@@ -39,7 +39,6 @@ __all__ = [
     "ViTD2LModel",
     "ViTD2LPreTrainedModel",
     "from_d2l_state_dict",
-    "from_transformers_vit",
     "get_preset",
     "to_transformers_vit",
 ]

@@ -1,5 +1,5 @@
-"""Converters between this package, the book's own `ViT` module and transformers' stock `ViTForImageClassification`:
-`from_d2l_state_dict`, `to_d2l_state_dict`, `to_transformers_vit`, `from_transformers_vit`, `convert_d2l_checkpoint`.
+"""Converters from the book's own `ViT` module to this package and to transformers' stock `ViTForImageClassification`:
+`from_d2l_state_dict`, `to_d2l_state_dict`, `to_transformers_vit`, `convert_d2l_checkpoint`.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def to_d2l_state_dict(model: ViTD2LForImageClassification) -> dict[str, torch.Te
     return {book_key: ours[our_key].detach().clone() for book_key, our_key in d2l_key_map(model).items()}
 
 
-# ---------------------------------------------------------------------------------- ViTD2L <-> transformers' stock ViT
+# ----------------------------------------------------------------------------------- ViTD2L -> transformers' stock ViT
 
 # Our keys -> stock ViT's, as rules for `_rename`. transformers 5.4 names a block's modules as in the first layout;
 # later 5.x releases as in the second (`encoder.layer.{i}.attention.attention.query` became
@@ -284,61 +284,6 @@ def to_transformers_vit(model: ViTD2LForImageClassification | ViTD2LModel) -> Vi
     return stock.eval()
 
 
-def _square(value, name: str) -> int:
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2 or value[0] != value[1]:
-            raise ValueError(f"Only square {name} is supported, got {value!r}.")
-        value = value[0]
-    return int(value)
-
-
-def from_transformers_vit(
-    stock: ViTForImageClassification | ViTModel,
-) -> ViTD2LForImageClassification | ViTD2LModel:
-    """Import a stock transformers ViT (`ViTForImageClassification`, or `ViTModel` without its pooler).
-
-    Requires square images and patches and `hidden_act="gelu"`. Stock ViT's attention output projection always has
-    a bias; with `qkv_bias=False` and an all-zero output bias (an export of a book model) the result has the book's
-    `use_bias=False`; with a non-zero one the result gets `qkv_bias=True` with zero W_q/W_k/W_v biases, which
-    computes the same function (a warning is logged). A `ViTModel`'s pooler (dense + tanh) has no counterpart and is
-    dropped. Stock ViT's `hidden_dropout_prob` becomes the embedding dropout and `attention_probs_dropout_prob` the
-    block dropout (the book has one dropout rate per place, not per kind).
-    """
-    stock_config = stock.config
-    if stock_config.hidden_act != "gelu":
-        raise ValueError(
-            f"hidden_act={stock_config.hidden_act!r} cannot be expressed: the book's ViT uses exact gelu."
-        )
-    with_head = isinstance(stock, ViTForImageClassification)
-    stock_state = stock.state_dict()
-    rules = _stock_rules(set(stock_state), with_head)
-    o_biases = [value for key, value in stock_state.items() if re.search(STOCK_O_BIAS, key)]
-    qkv_bias = bool(stock_config.qkv_bias)
-    if not qkv_bias and any(bool(b.abs().max() > 0) for b in o_biases):
-        logger.warning(
-            "The stock ViT has a non-zero attention output bias but no q/k/v biases: importing with qkv_bias=True "
-            "and zero W_q/W_k/W_v biases (same function)."
-        )
-        qkv_bias = True
-    fields = {name: getattr(stock_config, name) for name in SHARED_CONFIG_FIELDS}
-    fields.update(image_size=_square(fields["image_size"], "image_size"), qkv_bias=qkv_bias)
-    fields["patch_size"] = _square(fields["patch_size"], "patch_size")
-    config = ViTD2LConfig(
-        **fields,
-        embedding_dropout_prob=stock_config.hidden_dropout_prob,
-        block_dropout_prob=stock_config.attention_probs_dropout_prob,
-        position_embedding_std=stock_config.initializer_range,
-        init_style="hf",
-    )
-    model = ViTD2LForImageClassification(config) if with_head else ViTD2LModel(config)
-    new_state = {}
-    for key, target in model.state_dict().items():
-        value = stock_state.get(_rename(key, rules))
-        new_state[key] = torch.zeros_like(target) if value is None else value.detach().clone().to(target.dtype)
-    model.load_state_dict(new_state, strict=True)
-    return model.eval()
-
-
 # ------------------------------------------------------------------ Files: what scripts/convert_d2l_checkpoint.py runs
 
 
@@ -399,7 +344,6 @@ __all__ = [
     "CheckpointConversionError",
     "convert_d2l_checkpoint",
     "from_d2l_state_dict",
-    "from_transformers_vit",
     "load_d2l_checkpoint",
     "to_d2l_state_dict",
     "to_transformers_vit",
