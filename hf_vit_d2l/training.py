@@ -161,6 +161,22 @@ def check_precision(training_args: TrainingArguments) -> None:
         )
 
 
+def check_compiler(training_args: TrainingArguments) -> None:
+    """--torch_compile on a CPU needs the C++ compiler inductor generates code for; without one, train eagerly (one
+    warning) instead of failing at the first step."""
+    if not (training_args.torch_compile and training_args.device.type == "cpu"):
+        return
+    compiler = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")  # inductor's default
+    if shutil.which(compiler) is None:
+        logger.warning(
+            "--torch_compile: no C++ compiler %r on PATH, which torch.compile needs on a CPU; training without "
+            "compilation. Install one (e.g. `apt-get install g++`) or set CXX to compile.",
+            compiler,
+        )
+        training_args.torch_compile = False
+        training_args.torch_compile_backend = training_args.torch_compile_mode = None  # the Trainer reads these too
+
+
 def apply_batch_policy(training_args: TrainingArguments, global_batch: int, explicit_per_device: bool) -> int:
     """Per-device batch from the global one, unless given; returns the global batch actually used."""
     replicas = training_args.world_size * (max(1, training_args.n_gpu) if training_args.world_size == 1 else 1)
@@ -471,6 +487,7 @@ def main(argv: list[str] | None = None) -> tuple[Trainer, dict[str, float]]:
     # Check the run before spending time on data
     threads = set_cpu_threads(training_args, run_args.num_threads)
     check_precision(training_args)
+    check_compiler(training_args)
     global_batch = apply_batch_policy(
         training_args, run_args.global_batch_size, "per_device_train_batch_size" in explicit
     )

@@ -208,6 +208,27 @@ def test_bf16_on_a_cpu_without_native_bf16_is_refused(tmp_path, capsys, monkeypa
     assert status == 2 and err.startswith("error: ") and "Traceback" not in err, err
 
 
+@needs_data
+def test_torch_compile_without_a_cpu_compiler_trains_eagerly(tmp_path, monkeypatch, caplog):
+    from accelerate.utils import DynamoBackend
+    from transformers import TrainingArguments
+
+    monkeypatch.setenv("CXX", "sh")  # a program on PATH: compilation stays on
+    args = TrainingArguments(output_dir=str(tmp_path), torch_compile=True, use_cpu=True, report_to="none")
+    training.check_compiler(args)
+    assert args.torch_compile and args.torch_compile_backend == "inductor"
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    argv = [*FAST, "--max_train_samples", "128", "--max_eval_samples", "64", "--num_train_epochs", "1"]
+    argv += ["--save_strategy", "no", "--torch_compile", "true", "--output_dir", str(tmp_path / "o")]
+    with caplog.at_level("WARNING", logger="hf_vit_d2l.training"):
+        trainer, metrics = training.main(argv)
+    assert any("no C++ compiler" in record.getMessage() for record in caplog.records)
+    assert not trainer.args.torch_compile and trainer.args.torch_compile_backend is None
+    assert trainer.accelerator.state.dynamo_plugin.backend == DynamoBackend.NO
+    assert json.loads((tmp_path / "o" / "run_info.json").read_text())["torch_compile"] is False
+    assert 0 <= metrics["eval_accuracy"] <= 1
+
+
 def _parquet_dataset(folder: Path, n_train=1500, n_test=300) -> Path:
     """A tiny dataset with the Hub's schema (Image + ClassLabel with the ten names), real Fashion-MNIST pixels."""
     from datasets import ClassLabel, Dataset, Features, Image
