@@ -18,8 +18,9 @@ every repeat. Sections:
   through a slow fallback and the section is skipped.
 - compile: eager vs `torch.compile(model)` for each of `--compile_presets`; the first compiled step (compilation)
   is timed and the break-even point over a run is derived from it.
-- trainer: a plain `transformers.Trainer` (PIL image processor in the collator, real Fashion-MNIST images) against
-  the bare step on a ready batch and the bare step with collation, under a few TrainingArguments.
+- trainer: `transformers.Trainer` with the book recipe's optimizer arguments (PIL image processor in the collator,
+  real Fashion-MNIST images) against the bare step on a ready batch and the bare step with collation, and variants
+  that change one TrainingArguments field.
 - data: images per second through the dataset, the image processor and the collator alone (a DataLoader).
 """
 
@@ -27,6 +28,7 @@ import atexit
 import contextlib
 import gzip
 import io
+import json
 import math
 import os
 import platform
@@ -69,11 +71,16 @@ MODELS = {
     "transformers_vit_eager": "the same stock ViT, eager attention",
     "d2l_book": "the book's ViT module (tests/d2l_reference.py)",
 }
-# Trainer variants: TrainingArguments that differ from the plain run (logging_steps 500, 0 workers, clipping 1.0).
+# The Trainer as the book recipe runs it (configs/recipes/book.json: SGD, constant lr 0.1, no clipping; logging every
+# 500 steps, 0 workers), and variants that differ from it in one argument.
+BOOK_RECIPE = json.loads((REPO / "configs" / "recipes" / "book.json").read_text())
+TRAINER_ARGUMENTS = {
+    key: BOOK_RECIPE[key] for key in ("optim", "learning_rate", "weight_decay", "lr_scheduler_type", "max_grad_norm")
+}
 TRAINER_VARIANTS = {
     "trainer": {},
     "trainer_log_every_step": {"logging_steps": 1},
-    "trainer_no_grad_clip": {"max_grad_norm": 0.0},
+    "trainer_grad_clip_1": {"max_grad_norm": 1.0},  # the Trainer's default; the improved and quick recipes'
     "trainer_1_worker": {"dataloader_num_workers": 1},
 }
 IMAGES_PER_EPOCH = 60_000  # Fashion-MNIST's training split
@@ -327,9 +334,9 @@ def trainer_unit(model, dataset, collator, args: BenchmarkArguments, out_dir: st
         clock = StepClock(args.device)
         training_args = TrainingArguments(
             output_dir=out_dir, per_device_train_batch_size=args.batch_size, max_steps=args.trainer_steps + 1,
-            learning_rate=0.1, optim="sgd", lr_scheduler_type="constant", weight_decay=0.0, save_strategy="no",
+            **{**TRAINER_ARGUMENTS, **overrides}, save_strategy="no",
             report_to="none", remove_unused_columns=False, disable_tqdm=True, use_cpu=args.device == "cpu",
-            seed=args.seed, **overrides,
+            seed=args.seed,
         )  # fmt: skip
         trainer = Trainer(model, training_args, data_collator=collator, train_dataset=dataset, callbacks=[clock])
         with contextlib.redirect_stdout(io.StringIO()):
