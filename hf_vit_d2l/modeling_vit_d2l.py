@@ -267,9 +267,9 @@ class ViTD2LPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, with every Auto class in `auto_map` when the code files are saved."""
-        if self._auto_class is not None:
-            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
+        """`PreTrainedModel.save_pretrained`, with every Auto class in `auto_map`: the package registers all three
+        classes (`register_for_auto_class`), so their code files are saved next to the weights."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
