@@ -63,16 +63,18 @@ def parse_config_overrides(text: str | None) -> dict[str, Any]:
     items on a default config, so book and HF names are both accepted and every value is type- and range-checked;
     an unknown field, a bad value or an item that is not key=value raises a `ValueError` saying which.
     """
-    if not text or not text.strip():
-        return {}
-    text = text.replace(" ", "")  # no config value holds a space
-    probe = ViTD2LConfig()
-    try:
-        probe.update_from_string(text)
-    except (ValueError, TypeError, StrictDataclassError) as err:  # the strict config's errors name the field
-        problem = str(err.__cause__ or err).rstrip(".")
-        raise ValueError(
-            f"--config_overrides {text!r}: {problem}. Give comma-separated key=value items of config fields, "
-            "e.g. 'hidden_size=64,num_blks=1'."
-        ) from None
-    return {item.split("=")[0]: getattr(probe, item.split("=")[0]) for item in text.split(",")}
+    probe, overrides = ViTD2LConfig(), {}
+    for item in filter(None, (text or "").replace(" ", "").split(",")):  # no config value holds a space
+        try:
+            if item.count("=") != 1:
+                raise ValueError("not one key=value pair")
+            probe.update_from_string(item)
+        except (ValueError, TypeError, StrictDataclassError) as err:  # the strict config's errors name the field
+            problem = str(err.__cause__ or err).rstrip(".")
+            raise ValueError(
+                f"--config_overrides: {item!r}: {problem}. Give comma-separated key=value items of config fields, "
+                "e.g. 'hidden_size=64,num_blks=1'."
+            ) from None
+        key = item.split("=")[0]
+        overrides[key] = getattr(probe, key)
+    return overrides

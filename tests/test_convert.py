@@ -279,8 +279,14 @@ def test_parse_config_overrides():
         "pooling": "cls",
     }
     assert parse_config_overrides(None) == {}
-    with pytest.raises(ValueError, match="key=value"):
+    with pytest.raises(ValueError, match="'num_heads': not one key=value pair"):
         parse_config_overrides("num_heads")
+    with pytest.raises(ValueError, match="'num_blks=x': invalid literal for int"):  # the failing item is named
+        parse_config_overrides("hidden_size=64,num_blks=x")
+    with pytest.raises(ValueError, match="'hiden_size=3': key hiden_size isn't in the original config"):
+        parse_config_overrides("hiden_size=3")
+    with pytest.raises(ValueError, match="Field 'pooling' expected one of"):  # the strict config's check
+        parse_config_overrides("pooling=max")
 
 
 def test_convert_script_end_to_end(tmp_path, capsys):
