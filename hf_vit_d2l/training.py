@@ -392,12 +392,11 @@ def logits_to_predictions(logits, labels):
 class EpochSummaryCallback(TrainerCallback):
     """One log line per epoch: train loss, eval loss and accuracy, seconds and training images per second."""
 
-    def __init__(self, train_samples: int):
-        self.train_samples = train_samples
-        self.epoch_start = self.train_loss = None
+    def __init__(self):
+        self.epoch_start = self.start_step = self.train_loss = None
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.epoch_start = time.perf_counter()
+        self.epoch_start, self.start_step = time.perf_counter(), state.global_step
 
     def on_train_end(self, args, state, control, **kwargs):
         self.epoch_start = None  # the final evaluate() is no epoch
@@ -409,11 +408,14 @@ class EpochSummaryCallback(TrainerCallback):
         if self.epoch_start is None or not state.is_world_process_zero or not metrics:
             return
         seconds = time.perf_counter() - self.epoch_start
+        # Optimizer steps times the global batch (an epoch's last batch may be smaller; --max_steps may end early).
+        images = (state.global_step - self.start_step) * state.train_batch_size * args.world_size
+        images *= args.gradient_accumulation_steps
         logger.info(
             "epoch %.2f/%g | train_loss %s | eval_loss %.4f | eval_accuracy %.4f | %.1f s (%.0f train img/s)",
             state.epoch, args.num_train_epochs, f"{self.train_loss:.4f}" if self.train_loss else "-",
             metrics.get("eval_loss", float("nan")), metrics.get("eval_accuracy", float("nan")), seconds,
-            self.train_samples / max(seconds, 1e-9),
+            images / max(seconds, 1e-9),
         )  # fmt: skip
 
 
@@ -551,7 +553,7 @@ def main(argv: list[str] | None = None) -> tuple[Trainer, dict[str, float]]:
         processing_class=processor,
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=logits_to_predictions,
-        callbacks=[EpochSummaryCallback(len(train_dataset))],
+        callbacks=[EpochSummaryCallback()],
     )
     return trainer, train_and_evaluate(trainer, checkpoint, run_info)
 

@@ -229,6 +229,23 @@ def test_torch_compile_without_a_cpu_compiler_trains_eagerly(tmp_path, monkeypat
     assert 0 <= metrics["eval_accuracy"] <= 1
 
 
+def test_epoch_line_counts_the_images_of_the_steps_run(tmp_path, caplog):
+    """img/s from the optimizer steps of the epoch times the global batch (right under --max_steps too)."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), gradient_accumulation_steps=2, use_cpu=True, report_to="none")
+    state, control = TrainerState(global_step=10, train_batch_size=64), TrainerControl()
+    callback = training.EpochSummaryCallback()
+    callback.on_epoch_begin(args, state, control)
+    callback.epoch_start -= 2.0  # the epoch began two seconds ago
+    state.global_step, state.epoch = 14, 1.0
+    with caplog.at_level("INFO", logger="hf_vit_d2l.training"):
+        callback.on_evaluate(args, state, control, metrics={"eval_loss": 0.5, "eval_accuracy": 0.8})
+    (line,) = [r.getMessage() for r in caplog.records if "train img/s" in r.getMessage()]
+    rate = float(line.split("(")[1].split()[0])
+    assert "eval_accuracy 0.8000" in line and 4 * 64 * 2 / 2.5 < rate <= 4 * 64 * 2 / 2.0, line
+
+
 def _parquet_dataset(folder: Path, n_train=1500, n_test=300) -> Path:
     """A tiny dataset with the Hub's schema (Image + ClassLabel with the ten names), real Fashion-MNIST pixels."""
     from datasets import ClassLabel, Dataset, Features, Image
