@@ -595,11 +595,15 @@ def train_and_evaluate(trainer: Trainer, checkpoint: str | None, run_info: dict)
 def run(argv: list[str] | None = None) -> int:
     """Entry point of scripts/train.py: bad input gets one clear line and exit status 2, not a traceback."""
     try:
-        main(argv)
+        trainer, _ = main(argv)
     except (TrainingSetupError, data.DataUnavailableError, data.IDXFormatError) as err:
         logger.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         return 2
+    # Every process leaves together, the process group destroyed (a rank that exits while rank 0 still writes can
+    # abort in gloo's teardown and fail the launch).
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return 0
 
 
