@@ -318,7 +318,6 @@ if state.is_main_process:
                    "sharded": type(next(model.parameters())).__name__, "losses": losses}, f)
 # Both ranks leave together: a rank that exits while the other still saves can abort in gloo's teardown.
 dist.barrier()
-dist.destroy_process_group()
 """
 FSDP_CONFIG = {k: int(v) for k, v in (kv.split("=") for kv in TINY.split(","))}
 # No dropout: each rank would draw its own masks, and the comparison below is with one unsharded process.
