@@ -392,7 +392,8 @@ def logits_to_predictions(logits, labels):
 class EpochSummaryCallback(TrainerCallback):
     """One log line per epoch: train loss, eval loss and accuracy, seconds and training images per second."""
 
-    def __init__(self):
+    def __init__(self, global_batch_size: int):
+        self.global_batch_size = global_batch_size  # images per optimizer step, over all processes
         self.epoch_start = self.start_step = self.train_loss = None
 
     def on_epoch_begin(self, args, state, control, **kwargs):
@@ -409,8 +410,7 @@ class EpochSummaryCallback(TrainerCallback):
             return
         seconds = time.perf_counter() - self.epoch_start
         # Optimizer steps times the global batch (an epoch's last batch may be smaller; --max_steps may end early).
-        images = (state.global_step - self.start_step) * state.train_batch_size * args.world_size
-        images *= args.gradient_accumulation_steps
+        images = (state.global_step - self.start_step) * self.global_batch_size
         logger.info(
             "epoch %.2f/%g | train_loss %s | eval_loss %.4f | eval_accuracy %.4f | %.1f s (%.0f train img/s)",
             state.epoch, args.num_train_epochs, f"{self.train_loss:.4f}" if self.train_loss else "-",
@@ -553,7 +553,7 @@ def main(argv: list[str] | None = None) -> tuple[Trainer, dict[str, float]]:
         processing_class=processor,
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=logits_to_predictions,
-        callbacks=[EpochSummaryCallback()],
+        callbacks=[EpochSummaryCallback(global_batch)],
     )
     return trainer, train_and_evaluate(trainer, checkpoint, run_info)
 

@@ -235,7 +235,7 @@ def test_epoch_line_counts_the_images_of_the_steps_run(tmp_path, caplog):
 
     args = TrainingArguments(output_dir=str(tmp_path), gradient_accumulation_steps=2, use_cpu=True, report_to="none")
     state, control = TrainerState(global_step=10, train_batch_size=64), TrainerControl()
-    callback = training.EpochSummaryCallback()
+    callback = training.EpochSummaryCallback(global_batch_size=64 * 2)  # what apply_batch_policy returns for args
     callback.on_epoch_begin(args, state, control)
     callback.epoch_start -= 2.0  # the epoch began two seconds ago
     state.global_step, state.epoch = 14, 1.0
