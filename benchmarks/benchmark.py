@@ -49,6 +49,7 @@ if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
 import numpy as np
 import torch
 import transformers
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
@@ -124,7 +125,7 @@ def load_config(preset: str, overrides: str):
     """The preset's config with `overrides` ('hidden_size=64,num_blks=1', as train.py's) applied."""
     try:
         return get_preset(preset, **parse_config_overrides(overrides))
-    except ValueError as error:  # names the field and the value
+    except (ValueError, StrictDataclassError) as error:  # names the field(s) and the value(s)
         raise ValueError(f"Bad --preset/--config_overrides: {error}") from None
 
 

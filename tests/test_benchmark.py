@@ -68,6 +68,8 @@ def test_real_images_and_bad_arguments(fashion_mnist_dir, capsys):
     assert "unknown names ['trian']" in capsys.readouterr().err
     assert benchmark.main(["--config_overrides", "hiden_size=4"]) == 2
     assert "key hiden_size isn't in the original config dict" in capsys.readouterr().err
+    assert benchmark.main(["--config_overrides", "hidden_size=30"]) == 2  # 8 heads: the config's own check
+    assert "must be divisible by num_attention_heads" in capsys.readouterr().err
     assert benchmark.main(["--sections", "data", "--data_dir", "/nonexistent"]) == 2
     assert "scripts/setup.sh" in capsys.readouterr().err
 
