@@ -8,6 +8,7 @@ evaluation every epoch, save a folder that loads with `trust_remote_code=True`, 
 """
 
 import argparse
+import gc
 import json
 import logging
 import math
@@ -600,10 +601,29 @@ def run(argv: list[str] | None = None) -> int:
         logger.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         return 2
-    # Every process leaves together: a rank that exits while rank 0 still writes can abort in gloo's teardown and
-    # fail the launch. (Not `end_training()`: destroying the gloo process group at exit hung 1 run in 3 here.)
-    trainer.accelerator.wait_for_everyone()
+    leave_process_group(trainer)
     return 0
 
 
-__all__ = ["ModelArguments", "RunArguments", "TrainingSetupError", "ViTD2LTrainer", "main", "parse_args", "run"]
+def leave_process_group(trainer: Trainer) -> None:
+    """End a multi-process run so that every rank exits cleanly; a no-op in one process.
+
+    Every rank waits for the others (rank 0 may still be writing), destroys the process group and drops the
+    trainer's references to it, so that gloo's worker threads stop now. Threads still alive while Python shuts down
+    abort a rank now and then ("terminate called without an active exception", pytorch#190489: a few CPU launches
+    in a hundred here) and fail the launch after the model was saved. `destroy_process_group()` alone does not stop
+    them: the DDP-wrapped model keeps the group alive. Afterwards `trainer.model` is the plain model, for this process.
+    """
+    if not torch.distributed.is_initialized():
+        return
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+    trainer.accelerator.free_memory()
+    trainer.model_wrapped = trainer.model  # the DDP wrapper holds the last reference to the group
+    gc.collect()
+
+
+__all__ = [
+    "ModelArguments", "RunArguments", "TrainingSetupError", "ViTD2LTrainer", "leave_process_group", "main",
+    "parse_args", "run",
+]  # fmt: skip

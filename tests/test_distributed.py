@@ -316,8 +316,12 @@ if state.is_main_process:
                    "wrap": plugin.auto_wrap_policy.__name__ if hasattr(plugin.auto_wrap_policy, "__name__")
                    else plugin.auto_wrap_policy.func.__name__, "units": units,
                    "sharded": type(next(model.parameters())).__name__, "losses": losses}, f)
-# Both ranks leave together: a rank that exits while the other still saves can abort in gloo's teardown.
+# Both ranks leave together. Then exit at once: DTensor's caches keep the group, so gloo's threads would live on
+# into Python's shutdown, where they can abort the process (see hf_vit_d2l.training.leave_process_group).
 dist.barrier()
+dist.destroy_process_group()
+sys.stdout.flush(), sys.stderr.flush()
+os._exit(0)
 """
 FSDP_CONFIG = {k: int(v) for k, v in (kv.split("=") for kv in TINY.split(","))}
 # No dropout: each rank would draw its own masks, and the comparison below is with one unsharded process.

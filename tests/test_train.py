@@ -424,6 +424,7 @@ torch.save(state, os.path.join(dump, f"rank{rank}.pt"))
 with open(os.path.join(dump, f"rank{rank}.json"), "w") as f:
     json.dump({"world_size": trainer.args.world_size, "backend": str(torch.distributed.get_backend()),
                "per_device": trainer.args.per_device_train_batch_size, "metrics": metrics}, f)
+training.leave_process_group(trainer)  # what scripts/train.py does at the end
 """
 
 
