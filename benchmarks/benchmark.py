@@ -13,7 +13,8 @@ repeats; a ratio A/B is the median of the per-round ratios (each round times A a
 every repeat. Sections:
 
 - train: this model (eager and sdpa attention) vs `to_transformers_vit` (stock ViT, same config and weights, sdpa
-  and eager) vs the book's module (tests/d2l_reference.py), fp32.
+  and eager; and with its dropouts moved to the book's places, the same work as ours) vs the book's module
+  (tests/d2l_reference.py), fp32.
 - bf16: fp32 vs `torch.autocast(bfloat16)`, only where the CPU has native bf16 (or on a GPU): elsewhere bf16 runs
   through a slow fallback and the section is skipped.
 - compile: eager vs `torch.compile(model)` for each of `--compile_presets`; the first compiled step (compilation)
@@ -70,6 +71,7 @@ MODELS = {
     "this_sdpa": "ViTD2LForImageClassification, sdpa attention (the default)",
     "transformers_vit": "transformers.ViTForImageClassification via to_transformers_vit, sdpa (its default)",
     "transformers_vit_eager": "the same stock ViT, eager attention",
+    "transformers_vit_book_dropout": "the same stock ViT, sdpa, with the book's dropouts (after GELU, none after W_o)",
     "d2l_book": "the book's ViT module (tests/d2l_reference.py)",
 }
 # The Trainer as the book recipe runs it (configs/recipes/book.json: SGD, constant lr 0.1, no clipping; logging every
@@ -177,6 +179,12 @@ def build_model(name: str, config, seed: int) -> nn.Module:
     model = ViTD2LForImageClassification(config)
     if name.startswith("transformers_vit"):
         model = to_transformers_vit(model)
+    if name == "transformers_vit_book_dropout":  # the same dropout work as the book's model, through stock code
+        drop = config.block_dropout_prob
+        for layer in model.vit.layers:
+            layer.dropout = nn.Identity()  # after the attention and after the MLP; the book drops the MLP's only
+            layer.mlp.activation_fn = nn.Sequential(layer.mlp.activation_fn, nn.Dropout(drop))
+            layer.mlp.fc2 = nn.Sequential(layer.mlp.fc2, nn.Dropout(drop))
     model.set_attn_implementation("eager" if name.endswith("eager") else "sdpa")
     return model
 
@@ -219,10 +227,11 @@ def bench_train(config, args: BenchmarkArguments) -> dict:
     units = {name: unit(lambda step=step: step(x, y), args) for name, step in steps.items()}
     reference = "transformers_vit" if "transformers_vit" in units else None
     rows = summarise(interleave(units, args.repeats), reference)
-    if "d2l_book" in rows:
-        book = rows["d2l_book"]["repeats_img_per_s"]
-        for row in rows.values():
-            row["vs_d2l_book"] = statistics.median(v / b for v, b in zip(row["repeats_img_per_s"], book))
+    for peer in ("d2l_book", "transformers_vit_book_dropout"):  # the two peers that do the same work as ours
+        if peer in rows:
+            base = rows[peer]["repeats_img_per_s"]
+            for row in rows.values():
+                row[f"vs_{peer}"] = statistics.median(v / b for v, b in zip(row["repeats_img_per_s"], base))
     for name, row in rows.items():
         row["description"] = MODELS[name]
         row["num_parameters"] = sum(p.numel() for p in models[name].parameters())

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -45,6 +46,27 @@ def test_train_and_bf16_sections_record_every_repeat(tmp_path, monkeypatch):
     assert models["transformers_vit"]["num_parameters"] - models["this_eager"]["num_parameters"] == 2 * 32
     assert "no native bf16" in result["sections"]["bf16"]["skipped"]
     assert "python benchmarks/benchmark.py" in result["command"]
+
+
+def test_stock_vit_peer_with_the_books_dropouts_does_our_dropout_work():
+    """Same eval logits as stock ViT; in training it drops out as many elements per forward as this model does."""
+    config = benchmark.load_config("vit_d2l_fashion_mnist", TINY)
+    x = torch.rand(3, config.num_channels, config.image_size, config.image_size)
+
+    def dropped_elements(model):  # elements through every nn.Dropout with p > 0 in one training forward
+        sizes = []
+        hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel())) for m in model.modules()
+                 if isinstance(m, torch.nn.Dropout) and m.p > 0]  # fmt: skip
+        model.train()(x)
+        for hook in hooks:
+            hook.remove()
+        return sum(sizes)
+
+    stock, peer, ours = (benchmark.build_model(name, config, 0)
+                         for name in ("transformers_vit", "transformers_vit_book_dropout", "this_sdpa"))  # fmt: skip
+    with torch.no_grad():
+        torch.testing.assert_close(peer.eval()(x).logits, stock.eval()(x).logits, rtol=0, atol=0)
+    assert dropped_elements(peer) == dropped_elements(ours) > dropped_elements(stock)
 
 
 def test_trainer_and_data_sections_on_real_images(tmp_path, fashion_mnist_dir):
