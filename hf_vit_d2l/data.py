@@ -490,21 +490,14 @@ class ImageClassificationCollator:
             batch = (batch - mean) / std
         return batch.contiguous()
 
-    def _fill_value(self) -> float:
-        """A black pixel in the output space (the random crop's padding)."""
-        processor = self.image_processor
-        return (
-            -float(np.mean(processor.image_mean)) / float(np.mean(processor.image_std))
-            if processor.do_normalize
-            else 0.0
-        )
-
     def augment_batch(self, x: torch.Tensor) -> torch.Tensor:
         """Random crop with padding, horizontal flip and random erasing of a (B, C, H, W) batch."""
         batch, _, height, width = x.shape
         pad = self.crop_padding if self.crop_padding is not None else round(4 * height / 28)
         if pad > 0:
-            padded = F.pad(x, (pad, pad, pad, pad), value=self._fill_value())
+            processor = self.image_processor  # the padding is a black pixel in the output space
+            black = -np.mean(processor.image_mean) / np.mean(processor.image_std) if processor.do_normalize else 0.0
+            padded = F.pad(x, (pad, pad, pad, pad), value=float(black))
             top, left = torch.randint(0, 2 * pad + 1, (2, batch))
             rows = (top[:, None] + torch.arange(height))[:, :, None]  # (B, H, 1)
             cols = (left[:, None] + torch.arange(width))[:, None, :]  # (B, 1, W)

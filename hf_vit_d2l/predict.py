@@ -146,15 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trust_remote_code", action="store_true", help="run the code files stored with the model")
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--attention_maps", metavar="DIR", help="also write one PNG per image: the input, the rollout, the top 3"
-    )
-    parser.add_argument(
-        "--max_image_pixels",
-        type=int,
-        default=None,
-        help=f"raise PIL's decompression-bomb guard (PIL.Image.MAX_IMAGE_PIXELS, default {Image.MAX_IMAGE_PIXELS:,})",
-    )
+    parser.add_argument("--attention_maps", metavar="DIR", help="also write a PNG per image: input, rollout, top 3")
+    guard = f"raise PIL's decompression-bomb guard (PIL.Image.MAX_IMAGE_PIXELS, default {Image.MAX_IMAGE_PIXELS:,})"
+    parser.add_argument("--max_image_pixels", type=int, help=guard)
     return parser
 
 

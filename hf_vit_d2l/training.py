@@ -471,11 +471,8 @@ def hardware_description(training_args: TrainingArguments) -> str:
 
 
 def setup_logging(training_args: TrainingArguments) -> None:
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)])  # fmt: skip
     level = min(training_args.get_process_log_level(), logging.INFO if training_args.should_log else logging.WARNING)
     logger.setLevel(level)
     transformers.utils.logging.set_verbosity(max(level, logging.WARNING))
@@ -608,11 +605,9 @@ def run(argv: list[str] | None = None) -> int:
 def leave_process_group(trainer: Trainer) -> None:
     """End a multi-process run so that every rank exits cleanly; a no-op in one process.
 
-    Every rank waits for the others (rank 0 may still be writing), destroys the process group and drops the
-    trainer's references to it, so that gloo's worker threads stop now. Threads still alive while Python shuts down
-    abort a rank now and then ("terminate called without an active exception", pytorch#190489: a few CPU launches
-    in a hundred here) and fail the launch after the model was saved. `destroy_process_group()` alone does not stop
-    them: the DDP-wrapped model keeps the group alive. Afterwards `trainer.model` is the plain model, for this process.
+    Every rank waits for the others, destroys the process group and drops the DDP wrapper (which keeps the group
+    alive), so that gloo's worker threads stop now: alive at interpreter shutdown they abort a rank now and then
+    ("terminate called without an active exception", pytorch#190489). `trainer.model` stays the plain model.
     """
     if not torch.distributed.is_initialized():
         return
