@@ -70,8 +70,8 @@ def fast_dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch
     dropped = gaps.geometric_(p).cumsum(0) - 1
     while dropped[-1] < n:  # the draws fell short of the end (about 1e-15 likely at this margin): draw on
         dropped = torch.cat((dropped, dropped[-1] + gaps.geometric_(p).cumsum(0)))
-    mask = hidden_states.new_full((n,), 1 / (1 - p)).index_fill_(0, dropped[dropped < n], 0)
-    return hidden_states * mask.view_as(hidden_states)
+    mask = hidden_states.new_full((n + 1,), 1 / (1 - p)).index_fill_(0, dropped.clamp_(max=n), 0)  # n: past the end
+    return hidden_states * mask[:n].view_as(hidden_states)
 
 
 class ViTD2LDropout(nn.Dropout):
