@@ -75,7 +75,7 @@ def fast_dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch
 
 
 class ViTD2LDropout(nn.Dropout):
-    """`nn.Dropout` through `fast_dropout`."""
+    """`nn.Dropout` through `fast_dropout` (never in place)."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return fast_dropout(hidden_states, self.p, self.training)
