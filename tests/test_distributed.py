@@ -164,7 +164,7 @@ def evaluate_folder(folder: Path, fashion_mnist_arrays, count: int, seed: int = 
         logits = model(**processor(list(images), return_tensors="pt")).logits
     labels = torch.as_tensor(labels, dtype=torch.long)
     loss = torch.nn.functional.cross_entropy(logits, labels).item()
-    return (logits.argmax(-1) == labels).float().mean().item(), loss
+    return (logits.argmax(-1) == labels).double().mean().item(), loss  # float64, as the metric
 
 
 # ---------------------------------------------------------------------------------------------------------------
