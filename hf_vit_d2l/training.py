@@ -18,6 +18,7 @@ import re
 import shlex
 import shutil
 import sys
+import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,17 +164,19 @@ def check_precision(training_args: TrainingArguments) -> None:
 
 
 def check_compiler(training_args: TrainingArguments) -> None:
-    """--torch_compile on a CPU needs the C++ compiler inductor generates code for; without one, train eagerly (one
-    warning) instead of failing at the first step."""
+    """--torch_compile on a CPU needs the C++ compiler inductor generates code for and Python's headers (its kernels
+    include Python.h); without them, train eagerly (one warning) instead of failing at the first step."""
     if not (training_args.torch_compile and training_args.device.type == "cpu"):
         return
     compiler = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")  # inductor's default
-    if shutil.which(compiler) is None:
+    headers = Path(sysconfig.get_path("include"), "Python.h")  # macOS framework builds keep theirs elsewhere
+    missing = [f"no C++ compiler {compiler!r} on PATH"] * (shutil.which(compiler) is None)
+    missing += [f"no Python headers ({headers})"] * (not headers.exists() and sys.platform != "darwin")
+    if missing:
         logger.warning(
-            "--torch_compile: no C++ compiler %r on PATH, which torch.compile needs on a CPU; training without "
-            "compilation. Install one (e.g. `apt-get install g++`) or set CXX to compile.",
-            compiler,
-        )
+            "--torch_compile: %s, which torch.compile needs on a CPU; training without compilation. Install them "
+            "(e.g. `apt-get install g++ python3-dev`) or set CXX to compile.", " and ".join(missing),
+        )  # fmt: skip
         training_args.torch_compile = False
         training_args.torch_compile_backend = training_args.torch_compile_mode = None  # the Trainer reads these too
 
@@ -461,10 +464,8 @@ def save_final_model(trainer: Trainer) -> None:
 def hardware_description(training_args: TrainingArguments) -> str:
     if training_args.device.type == "cuda":
         return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(training_args.device)}"
-    return (
-        f"CPU ({cpu_isa()}, {platform.processor() or platform.machine()}), {cpu_count()} CPUs, "
-        f"{torch.get_num_threads()} torch threads per process"
-    )
+    cpu = platform.processor() or platform.machine()
+    return f"CPU ({cpu_isa()}, {cpu}), {cpu_count()} CPUs, {torch.get_num_threads()} torch threads per process"
 
 
 # ------------------------------------------------------------------------------------------------------- main

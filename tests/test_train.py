@@ -213,10 +213,20 @@ def test_torch_compile_without_a_cpu_compiler_trains_eagerly(tmp_path, monkeypat
     from accelerate.utils import DynamoBackend
     from transformers import TrainingArguments
 
-    monkeypatch.setenv("CXX", "sh")  # a program on PATH: compilation stays on
-    args = TrainingArguments(output_dir=str(tmp_path), torch_compile=True, use_cpu=True, report_to="none")
-    training.check_compiler(args)
+    def compile_args():
+        return TrainingArguments(output_dir=str(tmp_path), torch_compile=True, use_cpu=True, report_to="none")
+
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "Python.h").touch()
+    monkeypatch.setattr(training.sysconfig, "get_path", lambda name: str(tmp_path / "include"))
+    monkeypatch.setenv("CXX", "sh")  # a program on PATH and the headers: compilation stays on
+    training.check_compiler(args := compile_args())
     assert args.torch_compile and args.torch_compile_backend == "inductor"
+    (tmp_path / "include" / "Python.h").unlink()  # inductor's CPU kernels include Python.h: without it, eager
+    with caplog.at_level("WARNING", logger="hf_vit_d2l.training"):
+        training.check_compiler(args := compile_args())
+    assert not args.torch_compile and "no Python headers" in caplog.text and "python3-dev" in caplog.text
+    caplog.clear()
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     argv = [*FAST, "--max_train_samples", "128", "--max_eval_samples", "64", "--num_train_epochs", "1"]
     argv += ["--save_strategy", "no", "--torch_compile", "true", "--output_dir", str(tmp_path / "o")]
