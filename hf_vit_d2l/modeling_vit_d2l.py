@@ -68,7 +68,7 @@ def fast_dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch
         return nn.functional.dropout(hidden_states, p, training)
     gaps = torch.empty(int(n * p + 8 * n**0.5 + 16), dtype=torch.long)
     dropped = gaps.geometric_(p).cumsum(0) - 1
-    while dropped[-1] < n:  # the draws fell short of the end (about 1e-15 likely at this margin): draw on
+    while dropped[-1] < n:  # the draws fell short of the end (16+ standard deviations below the mean): draw on
         dropped = torch.cat((dropped, dropped[-1] + gaps.geometric_(p).cumsum(0)))
     mask = hidden_states.new_full((n + 1,), 1 / (1 - p)).index_fill_(0, dropped.clamp_(max=n), 0)  # n: past the end
     return hidden_states * mask[:n].view_as(hidden_states)
