@@ -62,6 +62,7 @@ from d2l_reference import ViT  # noqa: E402
 from hf_vit_d2l import ViTD2LForImageClassification, get_preset  # noqa: E402
 from hf_vit_d2l.convert import to_transformers_vit  # noqa: E402
 from hf_vit_d2l.image_processing_vit_d2l import ViTD2LImageProcessor  # noqa: E402
+from hf_vit_d2l.modeling_vit_d2l import ViTD2LDropout  # noqa: E402
 from hf_vit_d2l.presets import parse_config_overrides  # noqa: E402
 from hf_vit_d2l.utils import cpu_count, cpu_has_native_bf16, cpu_isa, write_json_atomic  # noqa: E402
 
@@ -69,6 +70,7 @@ SECTIONS = ("train", "bf16", "compile", "trainer", "data")
 MODELS = {
     "this_eager": "ViTD2LForImageClassification, eager attention",
     "this_sdpa": "ViTD2LForImageClassification, sdpa attention (the default)",
+    "this_sdpa_nn_dropout": "the same, with nn.Dropout's masks instead of fast_dropout's",
     "transformers_vit": "transformers.ViTForImageClassification via to_transformers_vit, sdpa (its default)",
     "transformers_vit_eager": "the same stock ViT, eager attention",
     "transformers_vit_book_dropout": "the same stock ViT, sdpa, with the book's dropouts (after GELU, none after W_o)",
@@ -179,6 +181,11 @@ def build_model(name: str, config, seed: int) -> nn.Module:
     model = ViTD2LForImageClassification(config)
     if name.startswith("transformers_vit"):
         model = to_transformers_vit(model)
+    if name == "this_sdpa_nn_dropout":  # what fast_dropout gains (sdpa drops the attention weights itself)
+        for parent in list(model.modules()):
+            for child_name, child in parent.named_children():
+                if isinstance(child, ViTD2LDropout):
+                    setattr(parent, child_name, nn.Dropout(child.p))
     if name == "transformers_vit_book_dropout":  # the same dropout work as the book's model, through stock code
         drop = config.block_dropout_prob
         for layer in model.vit.layers:

@@ -69,6 +69,19 @@ def test_stock_vit_peer_with_the_books_dropouts_does_our_dropout_work():
     assert dropped_elements(peer) == dropped_elements(ours) > dropped_elements(stock)
 
 
+def test_this_model_with_nn_dropout_differs_only_in_its_dropout_modules():
+    config = benchmark.load_config("vit_d2l_fashion_mnist", TINY)
+    ours, peer = (benchmark.build_model(name, config, 0) for name in ("this_sdpa", "this_sdpa_nn_dropout"))
+    kinds = [[type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.Dropout)] for model in (ours, peer)]
+    assert kinds == [["ViTD2LDropout"] * len(kinds[0]), ["Dropout"] * len(kinds[0])] and kinds[0]
+    assert [m.p for m in ours.modules() if isinstance(m, torch.nn.Dropout)] == [
+        m.p for m in peer.modules() if isinstance(m, torch.nn.Dropout)
+    ]
+    x = torch.rand(3, config.num_channels, config.image_size, config.image_size)
+    with torch.no_grad():
+        torch.testing.assert_close(peer.eval()(x).logits, ours.eval()(x).logits, rtol=0, atol=0)
+
+
 def test_trainer_and_data_sections_on_real_images(tmp_path, fashion_mnist_dir):
     args = benchmark.BenchmarkArguments(
         config_overrides=TINY, batch_size=8, steps=1, repeats=1, trainer_steps=2, data_samples=40,
