@@ -173,11 +173,18 @@ def build_model(name: str, config, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     if name == "d2l_book":
         return ViT(
-            config.image_size, config.patch_size, config.hidden_size, config.intermediate_size,
-            config.num_attention_heads, config.num_hidden_layers, config.embedding_dropout_prob,
-            config.block_dropout_prob, use_bias=config.qkv_bias, num_classes=config.num_labels,
+            config.image_size,
+            config.patch_size,
+            config.hidden_size,
+            config.intermediate_size,
+            config.num_attention_heads,
+            config.num_hidden_layers,
+            config.embedding_dropout_prob,
+            config.block_dropout_prob,
+            use_bias=config.qkv_bias,
+            num_classes=config.num_labels,
             num_channels=config.num_channels,
-        )  # fmt: skip
+        )
     model = ViTD2LForImageClassification(config)
     if name.startswith("transformers_vit"):
         model = to_transformers_vit(model)
@@ -350,11 +357,17 @@ def trainer_unit(model, dataset, collator, args: BenchmarkArguments, out_dir: st
     def run() -> float:
         clock = StepClock(args.device)
         training_args = TrainingArguments(
-            output_dir=out_dir, per_device_train_batch_size=args.batch_size, max_steps=args.trainer_steps + 1,
-            **{**TRAINER_ARGUMENTS, **overrides}, save_strategy="no",
-            report_to="none", remove_unused_columns=False, disable_tqdm=True, use_cpu=args.device == "cpu",
+            output_dir=out_dir,
+            per_device_train_batch_size=args.batch_size,
+            max_steps=args.trainer_steps + 1,
+            **{**TRAINER_ARGUMENTS, **overrides},
+            save_strategy="no",
+            report_to="none",
+            remove_unused_columns=False,
+            disable_tqdm=True,
+            use_cpu=args.device == "cpu",
             seed=args.seed,
-        )  # fmt: skip
+        )
         trainer = Trainer(model, training_args, data_collator=collator, train_dataset=dataset, callbacks=[clock])
         with contextlib.redirect_stdout(io.StringIO()):
             trainer.train()

@@ -195,21 +195,40 @@ def to_d2l_state_dict(model: ViTD2LForImageClassification) -> dict[str, torch.Te
 # `layers.{i}.attention.q_proj`). The installed one is picked by its keys.
 _STOCK_COMMON = [(r"^vit_d2l\.", "vit."), (r"\.ln1\.", ".layernorm_before."), (r"\.ln2\.", ".layernorm_after.")]
 STOCK_VIT_LAYOUTS = [
-    [*_STOCK_COMMON, (r"attention\.W_q\.", "attention.attention.query."),
-     (r"attention\.W_k\.", "attention.attention.key."), (r"attention\.W_v\.", "attention.attention.value."),
-     (r"attention\.W_o\.", "attention.output.dense."), (r"mlp\.dense1\.", "intermediate.dense."),
-     (r"mlp\.dense2\.", "output.dense.")],
-    [*_STOCK_COMMON, (r"encoder\.layer\.", "layers."), (r"attention\.W_(.)\.", r"attention.\1_proj."),
-     (r"mlp\.dense(.)\.", r"mlp.fc\1.")],
-]  # fmt: skip
+    [
+        *_STOCK_COMMON,
+        (r"attention\.W_q\.", "attention.attention.query."),
+        (r"attention\.W_k\.", "attention.attention.key."),
+        (r"attention\.W_v\.", "attention.attention.value."),
+        (r"attention\.W_o\.", "attention.output.dense."),
+        (r"mlp\.dense1\.", "intermediate.dense."),
+        (r"mlp\.dense2\.", "output.dense."),
+    ],
+    [
+        *_STOCK_COMMON,
+        (r"encoder\.layer\.", "layers."),
+        (r"attention\.W_(.)\.", r"attention.\1_proj."),
+        (r"mlp\.dense(.)\.", r"mlp.fc\1."),
+    ],
+]
 # Stock ViT's attention output bias, which our model has only with use_bias=True.
 STOCK_O_BIAS = r"attention\.(o_proj|output\.dense)\.bias$"
 
 # Fields that mean the same in ViTConfig and ViTD2LConfig, under the same names.
 SHARED_CONFIG_FIELDS = (
-    "image_size", "patch_size", "num_channels", "hidden_size", "intermediate_size", "num_attention_heads",
-    "num_hidden_layers", "qkv_bias", "layer_norm_eps", "initializer_range", "id2label", "label2id",
-)  # fmt: skip
+    "image_size",
+    "patch_size",
+    "num_channels",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_hidden_layers",
+    "qkv_bias",
+    "layer_norm_eps",
+    "initializer_range",
+    "id2label",
+    "label2id",
+)
 
 
 def _stock_rules(stock_keys: set[str], with_head: bool) -> list[tuple[str, str]]:

@@ -30,10 +30,23 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 AUTO_CLASSES = ("AutoConfig", "AutoModel", "AutoModelForImageClassification")
 # TrainingArguments fields the card lists (from run_info.json's `training_args`), in this order.
 HYPERPARAMETERS = (
-    "learning_rate", "weight_decay", "optim", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler_type",
-    "warmup_steps", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "label_smoothing_factor", "max_grad_norm", "bf16", "fp16",
-)  # fmt: skip
+    "learning_rate",
+    "weight_decay",
+    "optim",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "label_smoothing_factor",
+    "max_grad_norm",
+    "bf16",
+    "fp16",
+)
 
 
 class RunFolderError(ValueError):

@@ -53,9 +53,17 @@ logger = logging.getLogger(__name__)
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "configs" / "recipes"
 # Config fields whose change makes a checkpoint's weights or meaning incompatible with the run resuming from it.
 ARCHITECTURE_FIELDS = (
-    "image_size", "patch_size", "num_channels", "hidden_size", "intermediate_size", "num_attention_heads",
-    "num_hidden_layers", "qkv_bias", "pooling", "num_labels",
-)  # fmt: skip
+    "image_size",
+    "patch_size",
+    "num_channels",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_hidden_layers",
+    "qkv_bias",
+    "pooling",
+    "num_labels",
+)
 
 
 class TrainingSetupError(ValueError):
@@ -175,8 +183,9 @@ def check_compiler(training_args: TrainingArguments) -> None:
     if missing:
         logger.warning(
             "--torch_compile: %s, which torch.compile needs on a CPU; training without compilation. Install them "
-            "(e.g. `apt-get install g++ python3-dev`) or set CXX to compile.", " and ".join(missing),
-        )  # fmt: skip
+            "(e.g. `apt-get install g++ python3-dev`) or set CXX to compile.",
+            " and ".join(missing),
+        )
         training_args.torch_compile = False
         training_args.torch_compile_backend = training_args.torch_compile_mode = None  # the Trainer reads these too
 
@@ -190,8 +199,11 @@ def apply_batch_policy(training_args: TrainingArguments, global_batch: int, expl
         if per_device * replicas * accumulation != global_batch:
             logger.warning(
                 "The global batch %d does not divide over %d processes x %d accumulation steps: %d per device.",
-                global_batch, replicas, accumulation, per_device,
-            )  # fmt: skip
+                global_batch,
+                replicas,
+                accumulation,
+                per_device,
+            )
         training_args.per_device_train_batch_size = per_device
     return training_args.per_device_train_batch_size * replicas * accumulation
 
@@ -417,10 +429,14 @@ class EpochSummaryCallback(TrainerCallback):
         images = (state.global_step - self.start_step) * self.global_batch_size
         logger.info(
             "epoch %.2f/%g | train_loss %s | eval_loss %.4f | eval_accuracy %.4f | %.1f s (%.0f train img/s)",
-            state.epoch, args.num_train_epochs, f"{self.train_loss:.4f}" if self.train_loss else "-",
-            metrics.get("eval_loss", float("nan")), metrics.get("eval_accuracy", float("nan")), seconds,
+            state.epoch,
+            args.num_train_epochs,
+            f"{self.train_loss:.4f}" if self.train_loss else "-",
+            metrics.get("eval_loss", float("nan")),
+            metrics.get("eval_accuracy", float("nan")),
+            seconds,
             images / max(seconds, 1e-9),
-        )  # fmt: skip
+        )
 
 
 class ViTD2LTrainer(Trainer):
@@ -472,8 +488,11 @@ def hardware_description(training_args: TrainingArguments) -> str:
 
 
 def setup_logging(training_args: TrainingArguments) -> None:
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stdout)])  # fmt: skip
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
     level = min(training_args.get_process_log_level(), logging.INFO if training_args.should_log else logging.WARNING)
     logger.setLevel(level)
     transformers.utils.logging.set_verbosity(max(level, logging.WARNING))
@@ -497,8 +516,12 @@ def main(argv: list[str] | None = None) -> tuple[Trainer, dict[str, float]]:
     checkpoint = find_checkpoint(training_args, run_args)
     logger.info(
         "Recipe %s; %d process(es), global batch %d (%d per device); %d torch thread(s) per process.",
-        run_args.recipe, training_args.world_size, global_batch, training_args.per_device_train_batch_size, threads,
-    )  # fmt: skip
+        run_args.recipe,
+        training_args.world_size,
+        global_batch,
+        training_args.per_device_train_batch_size,
+        threads,
+    )
 
     # Load the dataset
     try:
@@ -515,8 +538,13 @@ def main(argv: list[str] | None = None) -> tuple[Trainer, dict[str, float]]:
     model = build_model(model_args, label_names)
     check_checkpoint_matches(checkpoint, model.config)
     processor = build_image_processor(model_args, model.config, data_args.normalize)
-    logger.info("Model: %s parameters; data: %s, %d train / %d eval images.", f"{model.num_parameters():,}",
-                description, len(train_dataset), len(eval_dataset))  # fmt: skip
+    logger.info(
+        "Model: %s parameters; data: %s, %d train / %d eval images.",
+        f"{model.num_parameters():,}",
+        description,
+        len(train_dataset),
+        len(eval_dataset),
+    )
     run_info = {
         "recipe": run_args.recipe,
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
@@ -620,6 +648,12 @@ def leave_process_group(trainer: Trainer) -> None:
 
 
 __all__ = [
-    "ModelArguments", "RunArguments", "TrainingSetupError", "ViTD2LTrainer", "leave_process_group", "main",
-    "parse_args", "run",
-]  # fmt: skip
+    "ModelArguments",
+    "RunArguments",
+    "TrainingSetupError",
+    "ViTD2LTrainer",
+    "leave_process_group",
+    "main",
+    "parse_args",
+    "run",
+]

@@ -34,8 +34,15 @@ except ImportError:  # in this repository: the installed package, or the one in 
 FASHION_MNIST_TEST_IMAGES = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
 FASHION_MNIST_TEST_LABELS = "/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"
 # Modes whose conversion to RGB (transformers' `load_image` rule, which `pipeline` applies) loses information.
-LOSSY_MODES = {"RGBA": "transparency", "LA": "transparency", "PA": "transparency", "I;16": "16-bit depth",
-               "I;16B": "16-bit depth", "I": "32-bit depth", "F": "floating-point values"}  # fmt: skip
+LOSSY_MODES = {
+    "RGBA": "transparency",
+    "LA": "transparency",
+    "PA": "transparency",
+    "I;16": "16-bit depth",
+    "I;16B": "16-bit depth",
+    "I": "32-bit depth",
+    "F": "floating-point values",
+}
 
 
 def load_model(model: str, revision: str | None = None, trust_remote_code: bool = False):

@@ -131,9 +131,15 @@ def test_training_moves_the_rollout_off_the_garment(fashion_mnist_arrays):
     test_images, test_labels = (array[:100] for array in fashion_mnist_arrays["test"])
     torch.manual_seed(0)
     config = ViTD2LConfig(
-        image_size=28, patch_size=7, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-        num_hidden_layers=2, pooling="mean", position_embedding_std=0.02,
-    )  # fmt: skip
+        image_size=28,
+        patch_size=7,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        pooling="mean",
+        position_embedding_std=0.02,
+    )
     model = ViTD2LForImageClassification(config)
     untrained = garment_mass(model, test_images)
     assert abs(untrained - (test_images > 0).mean()) < 0.02

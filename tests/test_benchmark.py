@@ -55,15 +55,20 @@ def test_stock_vit_peer_with_the_books_dropouts_does_our_dropout_work():
 
     def dropped_elements(model):  # elements through every nn.Dropout with p > 0 in one training forward
         sizes = []
-        hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel())) for m in model.modules()
-                 if isinstance(m, torch.nn.Dropout) and m.p > 0]  # fmt: skip
+        hooks = [
+            m.register_forward_hook(lambda m, i, o: sizes.append(o.numel()))
+            for m in model.modules()
+            if isinstance(m, torch.nn.Dropout) and m.p > 0
+        ]
         model.train()(x)
         for hook in hooks:
             hook.remove()
         return sum(sizes)
 
-    stock, peer, ours = (benchmark.build_model(name, config, 0)
-                         for name in ("transformers_vit", "transformers_vit_book_dropout", "this_sdpa"))  # fmt: skip
+    stock, peer, ours = (
+        benchmark.build_model(name, config, 0)
+        for name in ("transformers_vit", "transformers_vit_book_dropout", "this_sdpa")
+    )
     with torch.no_grad():
         torch.testing.assert_close(peer.eval()(x).logits, stock.eval()(x).logits, rtol=0, atol=0)
     assert dropped_elements(peer) == dropped_elements(ours) > dropped_elements(stock)
@@ -84,9 +89,15 @@ def test_this_model_with_nn_dropout_differs_only_in_its_dropout_modules():
 
 def test_trainer_and_data_sections_on_real_images(tmp_path, fashion_mnist_dir):
     args = benchmark.BenchmarkArguments(
-        config_overrides=TINY, batch_size=8, steps=1, repeats=1, trainer_steps=2, data_samples=40,
-        sections=["trainer", "data"], data_dir=str(fashion_mnist_dir),
-    )  # fmt: skip
+        config_overrides=TINY,
+        batch_size=8,
+        steps=1,
+        repeats=1,
+        trainer_steps=2,
+        data_samples=40,
+        sections=["trainer", "data"],
+        data_dir=str(fashion_mnist_dir),
+    )
     result = benchmark.run_benchmark(args, log=lambda _: None)
     rows = result["sections"]["trainer"]["models"]
     assert list(rows) == ["bare_step", "bare_step_with_collation", *benchmark.TRAINER_VARIANTS]

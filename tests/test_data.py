@@ -385,8 +385,11 @@ def test_too_small_for_a_stratified_hold_out_says_what_to_do():
     images = [PILImage.new("L", (28, 28), color=i) for i in range(4)]
     features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
     dataset = Dataset.from_dict({"image": images, "label": [0, 1, 0, 1]}, features=features)
-    with pytest.raises(ValueError, match=r"Cannot hold out 0.15 of 4 training images stratified over 2 classes.*"
-                       r"--validation_dir"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"Cannot hold out 0.15 of 4 training images stratified over 2 classes.*"
+        r"--validation_dir",
+    ):
         D.train_validation_split(dataset, validation_size=0.15)
     parts = D.train_validation_split(dataset, validation_size=2)
     assert sorted(parts["validation"]["label"]) == [0, 1] and len(parts["train"]) == 2

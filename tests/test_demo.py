@@ -290,9 +290,16 @@ def test_space_folder_runs_without_the_package(model_folder, test_images, tmp_pa
 
 def test_push_to_hub_dry_run_writes_the_space_folder(model_folder, tmp_path):
     command = [
-        sys.executable, os.path.join(REPO_ROOT, "scripts", "push_to_hub.py"), model_folder, "--repo_id",
-        "someone/vit-d2l", "--dry_run", str(tmp_path / "upload"), "--space_repo_id", "someone/vit-d2l-demo",
-    ]  # fmt: skip
+        sys.executable,
+        os.path.join(REPO_ROOT, "scripts", "push_to_hub.py"),
+        model_folder,
+        "--repo_id",
+        "someone/vit-d2l",
+        "--dry_run",
+        str(tmp_path / "upload"),
+        "--space_repo_id",
+        "someone/vit-d2l-demo",
+    ]
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=180, env=dict(os.environ, HF_HUB_OFFLINE="1")
     )

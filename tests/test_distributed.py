@@ -102,9 +102,13 @@ class Launcher:
             command[1:1] = launch
         log = open(self.tmp_path / f"{name}.log", "w")  # noqa: SIM115  (closed with the process)
         process = subprocess.Popen(
-            command, cwd=self.tmp_path, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
+            command,
+            cwd=self.tmp_path,
+            env={**self.env, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
         process.log_path = log.name
         self.processes.append(process)
         return process
@@ -140,8 +144,15 @@ def ddp(num_processes: int, *extra: str, port: int | None = None) -> list[str] |
     if num_processes == 1:
         return None
     config = REPO / "configs" / "accelerate_cpu_ddp.yaml"
-    return ["--config_file", str(config), "--num_processes", str(num_processes), "--main_process_port",
-            str(port or free_port()), *extra]  # fmt: skip
+    return [
+        "--config_file",
+        str(config),
+        "--num_processes",
+        str(num_processes),
+        "--main_process_port",
+        str(port or free_port()),
+        *extra,
+    ]
 
 
 def log_history(folder: Path) -> list[dict]:
@@ -179,11 +190,30 @@ def two_machine_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("two_machines")
     launcher, port, out = Launcher(tmp_path), free_port(), tmp_path / "run"  # both machines need the same port
     script_args = [
-        "--use_cpu", "--output_dir", str(out), "--config_overrides", TINY, "--max_train_samples", "512",
-        "--max_eval_samples", str(EVAL_SAMPLES), "--num_train_epochs", "1", "--optim", "adamw_torch",
-        "--learning_rate", "5e-3", "--logging_strategy", "steps", "--logging_steps", "1", "--report_to", "none",
-        "--disable_tqdm", "true",
-    ]  # fmt: skip
+        "--use_cpu",
+        "--output_dir",
+        str(out),
+        "--config_overrides",
+        TINY,
+        "--max_train_samples",
+        "512",
+        "--max_eval_samples",
+        str(EVAL_SAMPLES),
+        "--num_train_epochs",
+        "1",
+        "--optim",
+        "adamw_torch",
+        "--learning_rate",
+        "5e-3",
+        "--logging_strategy",
+        "steps",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    ]
     machine = ["--num_machines", "2", "--main_process_ip", "127.0.0.1"]
     start = time.monotonic()
     try:
@@ -247,10 +277,28 @@ def test_gradient_accumulation_takes_the_same_steps(launcher, tmp_path):
     skips its division by the accumulation steps when the model takes `num_items_in_batch`)."""
     no_dropout = TINY + ",embedding_dropout_prob=0,block_dropout_prob=0"
     common = [
-        "--use_cpu", "--config_overrides", no_dropout, "--max_train_samples", "512", "--max_eval_samples", "128",
-        "--num_train_epochs", "1", "--logging_strategy", "steps", "--logging_steps", "1", "--save_strategy", "no",
-        "--eval_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
-    ]  # fmt: skip
+        "--use_cpu",
+        "--config_overrides",
+        no_dropout,
+        "--max_train_samples",
+        "512",
+        "--max_eval_samples",
+        "128",
+        "--num_train_epochs",
+        "1",
+        "--logging_strategy",
+        "steps",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        "--eval_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    ]
     runs = {}
     for accumulation in (1, 2):
         out = tmp_path / f"accumulate{accumulation}"
@@ -340,11 +388,21 @@ def fsdp_run(tmp_path_factory, fashion_mnist_arrays):
     torch.save(batch, tmp_path / "batch.pt")
     (tmp_path / "probe.py").write_text(FSDP_PROBE)
     launcher, out = Launcher(tmp_path), tmp_path / "fsdp"
-    launch = ["--config_file", str(REPO / "configs/accelerate_fsdp.yaml"), "--num_processes", "2",
-              "--main_process_port", str(free_port())]  # fmt: skip
+    launch = [
+        "--config_file",
+        str(REPO / "configs/accelerate_fsdp.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+    ]
     try:
-        process = launcher.start("fsdp", launch, [str(out), str(tmp_path / "batch.pt"), json.dumps(FSDP_CONFIG)],
-                                 script=tmp_path / "probe.py")  # fmt: skip
+        process = launcher.start(
+            "fsdp",
+            launch,
+            [str(out), str(tmp_path / "batch.pt"), json.dumps(FSDP_CONFIG)],
+            script=tmp_path / "probe.py",
+        )
         launcher.wait(process)
     finally:
         launcher.close()
@@ -424,11 +482,32 @@ EPOCHS, STEPS_PER_EPOCH, RESUME_EVAL = 4, 4, 500
 def quick_args(out: Path) -> list[str]:
     # The quick recipe (AdamW, warm-up + cosine, flips) on 512 images: 4 steps of 128 per epoch, 16 in all.
     return [
-        "--use_cpu", "--recipe", "quick", "--output_dir", str(out), "--config_overrides", TINY + ",drop_path_rate=0",
-        "--max_train_samples", str(STEPS_PER_EPOCH * 128), "--max_eval_samples", str(RESUME_EVAL),
-        "--num_train_epochs", str(EPOCHS), "--learning_rate", "5e-3", "--logging_strategy", "steps",
-        "--logging_steps", "1", "--save_total_limit", "10", "--report_to", "none", "--disable_tqdm", "true",
-    ]  # fmt: skip
+        "--use_cpu",
+        "--recipe",
+        "quick",
+        "--output_dir",
+        str(out),
+        "--config_overrides",
+        TINY + ",drop_path_rate=0",
+        "--max_train_samples",
+        str(STEPS_PER_EPOCH * 128),
+        "--max_eval_samples",
+        str(RESUME_EVAL),
+        "--num_train_epochs",
+        str(EPOCHS),
+        "--learning_rate",
+        "5e-3",
+        "--logging_strategy",
+        "steps",
+        "--logging_steps",
+        "1",
+        "--save_total_limit",
+        "10",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    ]
 
 
 def expected_learning_rates(total: int, peak: float = 5e-3, warmup_fraction: float = 0.05) -> list[float]:
@@ -465,8 +544,10 @@ def kill_after_checkpoint(launcher: Launcher, process, out: Path, step: int) -> 
         time.sleep(0.05)
     kill_tree(process)
     assert not (out / "all_results.json").exists(), "the run finished before it was killed"
-    newest = max((p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
-                 key=lambda p: int(p.name.split("-")[1]))  # fmt: skip
+    newest = max(
+        (p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
     return newest.name
 
 
@@ -489,11 +570,16 @@ def test_resume_with_another_number_of_processes(launcher, straight_run, before,
     rates = [e["learning_rate"] for e in history if "loss" in e]
     expected = expected_learning_rates(EPOCHS * STEPS_PER_EPOCH)
     resumed_at = int(checkpoint.split("-")[1])
-    print(f"{before}->{after} processes, resumed at step {resumed_at}; lr around it:",
-          rates[resumed_at - 2 : resumed_at + 2], "expected", expected[resumed_at - 2 : resumed_at + 2])  # fmt: skip
+    print(
+        f"{before}->{after} processes, resumed at step {resumed_at}; lr around it:",
+        rates[resumed_at - 2 : resumed_at + 2],
+        "expected",
+        expected[resumed_at - 2 : resumed_at + 2],
+    )
     np.testing.assert_allclose(rates, expected, rtol=1e-6)
-    np.testing.assert_allclose(rates, [e["learning_rate"] for e in log_history(straight_run) if "loss" in e],
-                               rtol=1e-9)  # fmt: skip
+    np.testing.assert_allclose(
+        rates, [e["learning_rate"] for e in log_history(straight_run) if "loss" in e], rtol=1e-9
+    )
 
     resumed = json.loads((out / "all_results.json").read_text())
     straight = json.loads((straight_run / "all_results.json").read_text())

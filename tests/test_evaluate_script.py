@@ -64,11 +64,24 @@ def test_evaluate_script_on_the_whole_test_split(saved_model, fashion_mnist_dir,
     folder, model = saved_model
     out = tmp_path / "eval"
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "evaluate.py"), "--model_name_or_path", str(folder),
-         "--output_dir", str(out), "--data_dir", str(fashion_mnist_dir), "--batch_size", "500"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "scripts" / "evaluate.py"),
+            "--model_name_or_path",
+            str(folder),
+            "--output_dir",
+            str(out),
+            "--data_dir",
+            str(fashion_mnist_dir),
+            "--batch_size",
+            "500",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "accuracy" in result.stdout and "Ankle boot" in result.stdout
     results = json.loads((out / "eval_results.json").read_text())
@@ -131,9 +144,12 @@ def test_evaluate_script_damaged_weights_get_one_line(saved_model, tmp_path):
     (folder / "model.safetensors").write_bytes(b"")
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "evaluate.py"), "--model_name_or_path", str(folder)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (
         f"error: {folder / 'model.safetensors'} is damaged (Error while deserializing header: header too small); it "

@@ -36,10 +36,27 @@ TINY = "image_size=28,patch_size=7,hidden_size=32,intermediate_size=64,num_atten
 # A fast, deterministic small-data recipe for tests: AdamW at a constant 5e-3, batch 64, no augmentation.
 def fast_args(config: str = TINY) -> list[str]:
     return [
-    "--recipe", "quick", "--augmentation", "none", "--config_overrides", config, "--label_smoothing_factor", "0",
-    "--learning_rate", "5e-3", "--per_device_train_batch_size", "64", "--warmup_steps", "0",
-    "--lr_scheduler_type", "constant", "--disable_tqdm", "true", "--data_dir", str(DATA_DIR),
-    ]  # fmt: skip
+        "--recipe",
+        "quick",
+        "--augmentation",
+        "none",
+        "--config_overrides",
+        config,
+        "--label_smoothing_factor",
+        "0",
+        "--learning_rate",
+        "5e-3",
+        "--per_device_train_batch_size",
+        "64",
+        "--warmup_steps",
+        "0",
+        "--lr_scheduler_type",
+        "constant",
+        "--disable_tqdm",
+        "true",
+        "--data_dir",
+        str(DATA_DIR),
+    ]
 
 
 FAST = fast_args()
@@ -53,9 +70,13 @@ def _env(**extra) -> dict:
 
 def _run_script(args, cwd, timeout=300, **env):
     return subprocess.run(
-        [sys.executable, str(TRAIN_SCRIPT), *args], cwd=cwd, env=_env(**env), capture_output=True, text=True,
+        [sys.executable, str(TRAIN_SCRIPT), *args],
+        cwd=cwd,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
         timeout=timeout,
-    )  # fmt: skip
+    )
 
 
 def _run_in_process(argv, capsys):
@@ -377,9 +398,12 @@ def test_end_to_end_real_fashion_mnist(tmp_path):
     np.save(tmp_path / "image.npy", image)
     loaded = subprocess.run(
         [sys.executable, "-I", "-c", _ISOLATED_LOAD, str(out), str(tmp_path / "image.npy")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=180,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
         env={**_env(HF_MODULES_CACHE=str(tmp_path / "modules")), "PYTHONPATH": ""},
-    )  # fmt: skip
+    )
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     remote = json.loads(loaded.stdout.strip().splitlines()[-1])
     model = ViTD2LForImageClassification.from_pretrained(out).eval()
@@ -451,14 +475,32 @@ def test_cpu_ddp_two_processes(tmp_path):
     dump.mkdir()
     argv = [a for a in FAST if a not in ("--per_device_train_batch_size", "64")]
     command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO / "configs/accelerate_cpu_ddp.yaml"), "--num_processes", "2",
-        "--num_cpu_threads_per_process", "1", "--main_process_port", "29533",
-        str(wrapper), *argv, "--use_cpu", "--output_dir", str(out), "--max_train_samples", "512",
-        "--max_eval_samples", "128", "--num_train_epochs", "1",
-    ]  # fmt: skip
-    result = subprocess.run(command, cwd=tmp_path, env=_env(DDP_DUMP=str(dump)), capture_output=True, text=True,
-                            timeout=300)  # fmt: skip
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "configs/accelerate_cpu_ddp.yaml"),
+        "--num_processes",
+        "2",
+        "--num_cpu_threads_per_process",
+        "1",
+        "--main_process_port",
+        "29533",
+        str(wrapper),
+        *argv,
+        "--use_cpu",
+        "--output_dir",
+        str(out),
+        "--max_train_samples",
+        "512",
+        "--max_eval_samples",
+        "128",
+        "--num_train_epochs",
+        "1",
+    ]
+    result = subprocess.run(
+        command, cwd=tmp_path, env=_env(DDP_DUMP=str(dump)), capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     infos = [json.loads((dump / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [i["world_size"] for i in infos] == [2, 2] and infos[0]["backend"] == "gloo"
@@ -481,10 +523,18 @@ def test_cpu_ddp_two_processes(tmp_path):
 def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
     """A run killed after its first epoch checkpoint and resumed ends with the same weights and metrics."""
     common = [
-        *fast_args(TINY + ",embedding_dropout_prob=0.1,block_dropout_prob=0.1"), "--max_train_samples", "1024",
-        "--max_eval_samples", "256", "--num_train_epochs", "4", "--full_determinism", "true",
-        "--augmentation", "improved",
-    ]  # fmt: skip
+        *fast_args(TINY + ",embedding_dropout_prob=0.1,block_dropout_prob=0.1"),
+        "--max_train_samples",
+        "1024",
+        "--max_eval_samples",
+        "256",
+        "--num_train_epochs",
+        "4",
+        "--full_determinism",
+        "true",
+        "--augmentation",
+        "improved",
+    ]
     straight = tmp_path / "straight"
     result = _run_script([*common, "--output_dir", str(straight)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -492,8 +542,11 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
     killed = tmp_path / "killed"
     process = subprocess.Popen(
         [sys.executable, str(TRAIN_SCRIPT), *common, "--output_dir", str(killed)],
-        cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     # The Trainer writes trainer_state.json last: from then on checkpoint-16 is complete.
     while not (killed / "checkpoint-16" / "trainer_state.json").is_file() and process.poll() is None:
@@ -524,11 +577,24 @@ def test_threads_use_every_cpu_under_accelerate_launch(tmp_path):
     """accelerate launch sets OMP_NUM_THREADS=1 for a CPU run; training still uses all CPUs (one process)."""
     out = tmp_path / "run"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO / "configs/accelerate_single.yaml"),
-        str(TRAIN_SCRIPT), *FAST, "--output_dir", str(out), "--max_train_samples", "128", "--max_eval_samples", "64",
-        "--num_train_epochs", "1", "--save_strategy", "no",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "configs/accelerate_single.yaml"),
+        str(TRAIN_SCRIPT),
+        *FAST,
+        "--output_dir",
+        str(out),
+        "--max_train_samples",
+        "128",
+        "--max_eval_samples",
+        "64",
+        "--num_train_epochs",
+        "1",
+        "--save_strategy",
+        "no",
+    ]
     result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert json.loads((out / "run_info.json").read_text())["torch_threads_per_process"] == cpu_count()
@@ -536,8 +602,18 @@ def test_threads_use_every_cpu_under_accelerate_launch(tmp_path):
 
 
 def _tiny_run(out: Path, epochs: int, *extra: str) -> list[str]:
-    return [*FAST, "--output_dir", str(out), "--max_train_samples", "128", "--max_eval_samples", "64",
-            "--num_train_epochs", str(epochs), *extra]  # fmt: skip
+    return [
+        *FAST,
+        "--output_dir",
+        str(out),
+        "--max_train_samples",
+        "128",
+        "--max_eval_samples",
+        "64",
+        "--num_train_epochs",
+        str(epochs),
+        *extra,
+    ]
 
 
 @needs_data
@@ -581,9 +657,17 @@ def test_fine_tuning_on_other_labels_needs_ignore_mismatched_sizes(tmp_path, cap
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((28, 28), 20 * i, np.uint8)).save(folder / f"{i}.png")
     argv = [a for a in FAST if a not in ("--data_dir", str(DATA_DIR))] + [
-        "--model_name_or_path", str(base), "--train_dir", str(tmp_path / "images"), "--output_dir",
-        str(tmp_path / "ft"), "--num_train_epochs", "1", "--per_device_train_batch_size", "4",
-    ]  # fmt: skip
+        "--model_name_or_path",
+        str(base),
+        "--train_dir",
+        str(tmp_path / "images"),
+        "--output_dir",
+        str(tmp_path / "ft"),
+        "--num_train_epochs",
+        "1",
+        "--per_device_train_batch_size",
+        "4",
+    ]
     argv = [
         a for i, a in enumerate(argv) if a != "--config_overrides" and (i == 0 or argv[i - 1] != "--config_overrides")
     ]

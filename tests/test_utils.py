@@ -66,8 +66,10 @@ def test_a_save_killed_with_sigkill_is_cleaned_up_by_the_next_save(tmp_path):
     target = tmp_path / "model"
     process = subprocess.Popen(
         [sys.executable, "-c", _KILLED_SAVE, str(target)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert process.stdout.readline().strip() == "writing"
         process.send_signal(signal.SIGKILL)
