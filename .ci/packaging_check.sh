@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packaging check: build the wheel, check that it ships the library only, install it (not editable) into a clean
-# venv and use it from a folder outside the repository: Auto classes, pipeline, the predict CLI, and remote code
-# in a process that cannot import hf_vit_d2l. pip's download cache is kept between runs (~/.cache/pip).
+# venv and use it from a folder outside the repository: Auto classes, pipeline, the predict CLI, remote code in a
+# process that cannot import hf_vit_d2l, then the console scripts: one tiny epoch of the default recipe and of
+# --recipe quick, evaluation, predict and a push dry run. pip's download cache is kept between runs (~/.cache/pip).
 #   bash .ci/packaging_check.sh
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -79,8 +80,8 @@ assert type(classifier.model) is hf_vit_d2l.ViTD2LForImageClassification
 top = classifier(image)[0]
 assert top["label"] == config.id2label[best] and abs(top["score"] - probs[best].item()) < 1e-5, (top, best)
 
-cli = subprocess.run([sys.executable, "-m", "hf_vit_d2l.predict", "image.png", "--model", "model", "--top_k", "2",
-                      "--json", "--no_progress"], capture_output=True, text=True, check=True)  # fmt: skip
+predict = [sys.executable, "-m", "hf_vit_d2l.predict", "image.png", "--model", "model", "--top_k", "2", "--json"]
+cli = subprocess.run([*predict, "--no_progress"], capture_output=True, text=True, check=True)
 first = json.loads(cli.stdout)[0]["predictions"][0]
 assert first["label"] == config.id2label[best] and abs(first["score"] - probs[best].item()) < 1e-5, first
 
@@ -108,3 +109,16 @@ torch.testing.assert_close(torch.tensor(json.loads(remote.stdout.strip().splitli
 print(f"packaging check passed: top label {config.id2label[best]!r} p={probs[best]:.4f} from the installed wheel, "
       "the pipeline, the predict CLI and remote code")
 EOF
+
+# The console scripts, as a user without a clone runs them (the recipes ship inside the package).
+BIN="$WORK/venv/bin"
+TINY="image_size=28,patch_size=7,hidden_size=32,intermediate_size=64,num_attention_heads=2,num_hidden_layers=1"
+SLICE=(--max_train_samples 256 --max_eval_samples 128 --num_train_epochs 1 --config_overrides "$TINY")
+"$BIN/vit-d2l-train" --output_dir runs/book "${SLICE[@]}"
+"$BIN/vit-d2l-train" --recipe quick --output_dir runs/quick "${SLICE[@]}"
+"$BIN/vit-d2l-evaluate" --model_name_or_path runs/quick --max_eval_samples 128
+"$BIN/vit-d2l-predict" image.png --model runs/quick --top_k 1 --no_progress
+"$BIN/vit-d2l-push" runs/quick --repo_id USER/vit-d2l-quick --dry_run staged
+test -f staged/README.md && test -f staged/model.safetensors
+"$BIN/python" -m hf_vit_d2l.training --help >/dev/null
+echo "packaging check passed: the console scripts train (book and quick recipes), evaluate, predict and stage a push"

@@ -29,7 +29,6 @@ import atexit
 import contextlib
 import gzip
 import io
-import json
 import math
 import os
 import platform
@@ -55,30 +54,31 @@ from torch import nn
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]  # this checkout's package, and the book's module from tests/
+sys.path.insert(0, str(REPO / "tests"))  # the book's module, tests/d2l_reference.py
 
 from d2l_reference import ViT  # noqa: E402
 
 from hf_vit_d2l import ViTD2LForImageClassification, get_preset  # noqa: E402
 from hf_vit_d2l.convert import to_transformers_vit  # noqa: E402
+from hf_vit_d2l.fast_dropout import replace_dropout_modules  # noqa: E402
 from hf_vit_d2l.image_processing_vit_d2l import ViTD2LImageProcessor  # noqa: E402
-from hf_vit_d2l.modeling_vit_d2l import ViTD2LDropout  # noqa: E402
 from hf_vit_d2l.presets import parse_config_overrides  # noqa: E402
+from hf_vit_d2l.training import load_recipe  # noqa: E402
 from hf_vit_d2l.utils import cpu_count, cpu_has_native_bf16, cpu_isa, write_json_atomic  # noqa: E402
 
 SECTIONS = ("train", "bf16", "compile", "trainer", "data")
 MODELS = {
     "this_eager": "ViTD2LForImageClassification, eager attention",
     "this_sdpa": "ViTD2LForImageClassification, sdpa attention (the default)",
-    "this_sdpa_nn_dropout": "the same, with nn.Dropout's masks instead of fast_dropout's",
+    "this_sdpa_fast_dropout": "the same, with --fast_dropout's modules (the faster CPU dropout masks)",
     "transformers_vit": "transformers.ViTForImageClassification via to_transformers_vit, sdpa (its default)",
     "transformers_vit_eager": "the same stock ViT, eager attention",
     "transformers_vit_book_dropout": "the same stock ViT, sdpa, with the book's dropouts (after GELU, none after W_o)",
     "d2l_book": "the book's ViT module (tests/d2l_reference.py)",
 }
-# The Trainer as the book recipe runs it (configs/recipes/book.json: SGD, constant lr 0.1, no clipping; logging every
-# 500 steps, 0 workers), and variants that differ from it in one argument.
-BOOK_RECIPE = json.loads((REPO / "configs" / "recipes" / "book.json").read_text())
+# The Trainer as the book recipe runs it (hf_vit_d2l/recipes/book.json: SGD, constant lr 0.1, no clipping; logging
+# every 500 steps, 0 workers), and variants that differ from it in one argument.
+BOOK_RECIPE = load_recipe("book")
 TRAINER_ARGUMENTS = {
     key: BOOK_RECIPE[key] for key in ("optim", "learning_rate", "weight_decay", "lr_scheduler_type", "max_grad_norm")
 }
@@ -188,11 +188,8 @@ def build_model(name: str, config, seed: int) -> nn.Module:
     model = ViTD2LForImageClassification(config)
     if name.startswith("transformers_vit"):
         model = to_transformers_vit(model)
-    if name == "this_sdpa_nn_dropout":  # what fast_dropout gains (sdpa drops the attention weights itself)
-        for parent in list(model.modules()):
-            for child_name, child in parent.named_children():
-                if isinstance(child, ViTD2LDropout):
-                    setattr(parent, child_name, nn.Dropout(child.p))
+    if name == "this_sdpa_fast_dropout":  # what --fast_dropout gains (sdpa drops the attention weights itself)
+        replace_dropout_modules(model)
     if name == "transformers_vit_book_dropout":  # the same dropout work as the book's model, through stock code
         drop = config.block_dropout_prob
         for layer in model.vit.layers:

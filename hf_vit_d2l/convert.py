@@ -7,16 +7,19 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
 from torch.nn.parameter import UninitializedParameter
-from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil, ViTModel
+from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, ViTImageProcessorPil, ViTModel
 
 from .configuration_vit_d2l import ViTD2LConfig
 from .image_processing_vit_d2l import ViTD2LImageProcessor
 from .modeling_vit_d2l import ViTD2LForImageClassification, ViTD2LModel
+from .presets import parse_config_overrides
 from .utils import save_folder_atomically
 
 logger = logging.getLogger(__name__)
@@ -359,7 +362,50 @@ def convert_d2l_checkpoint(
     return save_folder_atomically(output_dir, write)
 
 
+@dataclass
+class ConvertArguments:
+    checkpoint: str = field(metadata={"help": "Path of the book model's state dict (.pt/.pth, saved by torch.save)."})
+    output_dir: str = field(metadata={"help": "Folder to write the converted model and image processor into."})
+    num_heads: int | None = field(
+        default=None,
+        metadata={"help": "Attention heads (cannot be read from the weights; default: the book's 8)."},
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated key=value config settings, book or HF names: 'num_heads=4,emb_dropout=0.2'."
+        },
+    )
+    to_transformers: bool = field(
+        default=False,
+        metadata={"help": "Write stock transformers ViTForImageClassification (loads without remote code)."},
+    )
+
+    def __post_init__(self):
+        self.overrides = parse_config_overrides(self.config_overrides)
+        if self.num_heads is not None:
+            if {"num_heads", "num_attention_heads"} & set(self.overrides):
+                raise ValueError("Give the number of heads once: --num_heads or --config_overrides, not both.")
+            self.overrides["num_attention_heads"] = self.num_heads
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        (args,) = HfArgumentParser(ConvertArguments).parse_args_into_dataclasses(args=argv)
+        folder = convert_d2l_checkpoint(
+            args.checkpoint, args.output_dir, config_overrides=args.overrides, to_transformers=args.to_transformers
+        )
+    except (FileNotFoundError, CheckpointConversionError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    kind = "stock transformers ViTForImageClassification" if args.to_transformers else "ViTD2LForImageClassification"
+    print(f"Wrote {kind} to {folder}")
+    return 0
+
+
 __all__ = [
+    "main",
+    "ConvertArguments",
     "CheckpointConversionError",
     "convert_d2l_checkpoint",
     "from_d2l_state_dict",
@@ -367,3 +413,7 @@ __all__ = [
     "to_d2l_state_dict",
     "to_transformers_vit",
 ]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

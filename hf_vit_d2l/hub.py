@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from transformers import HfArgumentParser
 
 from .configuration_vit_d2l import ViTD2LConfig
 from .data import HUB_DATASET_ID
@@ -362,7 +365,83 @@ def push_to_hub(
     return result
 
 
+@dataclass
+class PushArguments:
+    folder: str = field(metadata={"help": "Trained model folder (output of scripts/train.py)."})
+    repo_id: str = field(metadata={"help": "Hub repository, USER/NAME."})
+    private: bool = field(default=False, metadata={"help": "Create the repository as private."})
+    dry_run: str | None = field(
+        default=None, metadata={"help": "Write the folder that would be uploaded to this new folder; upload nothing."}
+    )
+    also_stock_vit_repo: str | None = field(
+        default=None,
+        metadata={"help": "Also upload the stock transformers ViT export (hf_vit_d2l.to_transformers_vit) here."},
+    )
+
+    space_repo_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "Also upload a Gradio Space (USER/NAME) running the demo on the pushed commit; with "
+            "--dry_run, its folder is written to DIR-space."
+        },
+    )
+
+    def __post_init__(self):
+        if not Path(self.folder).is_dir():
+            raise ValueError(f"{self.folder}: no such folder. Pass the output folder of scripts/train.py.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # The folder is positional on the command line: `push_to_hub.py FOLDER --repo_id ...`.
+    if argv and not argv[0].startswith("-"):
+        argv = ["--folder", argv[0], *argv[1:]]
+    try:
+        (args,) = HfArgumentParser(PushArguments).parse_args_into_dataclasses(args=argv)
+        result = push_to_hub(
+            args.folder,
+            args.repo_id,
+            args.private,
+            stock_vit_repo_id=args.also_stock_vit_repo,
+            dry_run_dir=args.dry_run,
+        )
+    except (HubPushError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"Dry run: wrote the folder that would be uploaded to {result['staged']}")
+        if result.get("stock_vit_staged"):
+            print(f"Dry run: wrote the stock-ViT export to {result['stock_vit_staged']}")
+    else:
+        print(f"Uploaded to {result['url']}")
+        if result.get("stock_vit_url"):
+            print(f"Uploaded the stock-ViT export to {result['stock_vit_url']}")
+    if args.space_repo_id:
+        push_space(args, result)
+    return 0
+
+
+def push_space(args: PushArguments, result: dict) -> None:
+    """The demo as a Gradio Space, loading the model at the commit just pushed (`main` in a dry run)."""
+    from . import demo
+
+    if args.dry_run:
+        space = demo.write_space_folder(args.dry_run.rstrip("/") + "-space", args.repo_id, "main")
+        print(f"Dry run: wrote the Space folder to {space}")
+        return
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(args.space_repo_id, repo_type="space", space_sdk="gradio", exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        space = demo.write_space_folder(os.path.join(tmp, "space"), args.repo_id, result["commit"])
+        api.upload_folder(folder_path=space, repo_id=args.space_repo_id, repo_type="space")
+    print(f"Uploaded the Space to https://huggingface.co/spaces/{args.space_repo_id}")
+
+
 __all__ = [
+    "main",
+    "PushArguments",
     "HubPushError",
     "RunFolderError",
     "build_model_card",
@@ -371,3 +450,7 @@ __all__ = [
     "push_to_hub",
     "stage_for_upload",
 ]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

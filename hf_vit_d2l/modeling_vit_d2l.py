@@ -59,28 +59,6 @@ class ViTD2LPatchEmbeddings(nn.Module):
         return self.projection(pixel_values).flatten(2).transpose(1, 2)
 
 
-def fast_dropout(hidden_states: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """`nn.functional.dropout`'s i.i.d. Bernoulli(p) drops, drawn faster on CPU as running sums of geometric gaps:
-    p * n random draws, not `bernoulli_`'s n on one thread (128x37x2048: forward + backward in half the time). Plain
-    dropout on other devices, for p > 0.5 and under `torch.compile`."""
-    n = hidden_states.numel()
-    if not training or hidden_states.device.type != "cpu" or not 0 < p <= 0.5 or torch.compiler.is_compiling():
-        return nn.functional.dropout(hidden_states, p, training)
-    gaps = torch.empty(int(n * p + 8 * n**0.5 + 16), dtype=torch.long)
-    dropped = gaps.geometric_(p).cumsum(0) - 1
-    while dropped[-1] < n:  # the draws fell short of the end (16+ standard deviations below the mean): draw on
-        dropped = torch.cat((dropped, dropped[-1] + gaps.geometric_(p).cumsum(0)))
-    mask = hidden_states.new_full((n + 1,), 1 / (1 - p)).index_fill_(0, dropped.clamp_(max=n), 0)  # n: past the end
-    return hidden_states * mask[:n].view_as(hidden_states)
-
-
-class ViTD2LDropout(nn.Dropout):
-    """`nn.Dropout` through `fast_dropout` (never in place)."""
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return fast_dropout(hidden_states, self.p, self.training)
-
-
 class ViTD2LEmbeddings(nn.Module):
     """The stem of the book's `ViT.forward`: patches, zero `<cls>` token, learnable position embedding, dropout."""
 
@@ -89,7 +67,7 @@ class ViTD2LEmbeddings(nn.Module):
         self.patch_embeddings = ViTD2LPatchEmbeddings(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.position_embeddings = nn.Parameter(torch.randn(1, config.num_patches + 1, config.hidden_size))
-        self.dropout = ViTD2LDropout(config.embedding_dropout_prob)
+        self.dropout = nn.Dropout(config.embedding_dropout_prob)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         embeddings = self.patch_embeddings(pixel_values.to(self.patch_embeddings.projection.weight.dtype))
@@ -116,7 +94,7 @@ def eager_attention_forward(
     if attention_mask is not None:
         scores = scores + attention_mask
     weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    output = torch.matmul(fast_dropout(weights, dropout, module.training), value)
+    output = torch.matmul(nn.functional.dropout(weights, p=dropout, training=module.training), value)
     return output.transpose(1, 2).contiguous(), weights
 
 
@@ -171,9 +149,9 @@ class ViTD2LMLP(nn.Module):
         super().__init__()
         self.dense1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.gelu = nn.GELU()
-        self.dropout1 = ViTD2LDropout(config.block_dropout_prob)
+        self.dropout1 = nn.Dropout(config.block_dropout_prob)
         self.dense2 = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.dropout2 = ViTD2LDropout(config.block_dropout_prob)
+        self.dropout2 = nn.Dropout(config.block_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.dropout2(self.dense2(self.dropout1(self.gelu(self.dense1(hidden_states)))))

@@ -2,7 +2,7 @@
 
 It reads like transformers' `run_image_classification.py`: `ModelArguments`, `DataArguments` (in `data.py`),
 `RunArguments` and `TrainingArguments` parsed by `HfArgumentParser`, whose defaults come from a recipe file
-(`configs/recipes/{book,improved,quick}.json`, or any JSON file given to `--recipe`); flags on the command line win.
+(`hf_vit_d2l/recipes/{book,improved,quick}.json`, or any JSON file given to `--recipe`); flags on the command line win.
 `main()` then runs named steps: check the run, load the data, build the model and the image processor, train with
 evaluation every epoch, save a folder that loads with `trust_remote_code=True`, evaluate, plot, push.
 """
@@ -43,6 +43,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from . import data
 from .configuration_vit_d2l import ViTD2LConfig
 from .evaluation import ModelLoadError, count_parameters
+from .fast_dropout import replace_dropout_modules
 from .image_processing_vit_d2l import ViTD2LImageProcessor
 from .modeling_vit_d2l import ViTD2LForImageClassification
 from .presets import PRESETS, parse_config_overrides
@@ -50,7 +51,7 @@ from .utils import cpu_count, cpu_has_native_bf16, cpu_isa, hub_available, save_
 
 logger = logging.getLogger(__name__)
 
-RECIPE_DIR = Path(__file__).resolve().parents[1] / "configs" / "recipes"
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"  # package data: a wheel trains too
 # Config fields whose change makes a checkpoint's weights or meaning incompatible with the run resuming from it.
 ARCHITECTURE_FIELDS = (
     "image_size",
@@ -116,10 +117,17 @@ class RunArguments:
     num_threads: int | None = field(
         default=None, metadata={"help": "torch threads per process on a CPU. Default: the CPUs / local processes."}
     )
+    fast_dropout: bool = field(
+        default=False,
+        metadata={
+            "help": "Swap the model's nn.Dropout modules for a CPU dropout that draws its mask faster (same "
+            "probabilities, another random stream). Training only: saved folders keep the book's nn.Dropout."
+        },
+    )
 
 
 def load_recipe(name: str) -> dict:
-    """A recipe's defaults: `configs/recipes/NAME.json`, or the JSON file at path `name`."""
+    """A recipe's defaults: `hf_vit_d2l/recipes/NAME.json`, or the JSON file at path `name`."""
     path = Path(name) if name.endswith(".json") else RECIPE_DIR / f"{name}.json"
     if not path.is_file():
         known = sorted(p.stem for p in RECIPE_DIR.glob("*.json"))
@@ -153,15 +161,6 @@ def parse_args(argv: list[str] | None = None):
 # ------------------------------------------------------------------------------------------- checks of the run
 
 
-def set_cpu_threads(training_args: TrainingArguments, requested: int | None) -> int:
-    """On a CPU, give torch all CPUs of this machine split over the local processes (`accelerate launch` sets
-    OMP_NUM_THREADS=1, which would leave one core of two idle); returns the thread count."""
-    if training_args.device.type == "cpu":
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        torch.set_num_threads(requested or max(1, cpu_count() // local_processes))
-    return torch.get_num_threads()
-
-
 def check_precision(training_args: TrainingArguments) -> None:
     if training_args.device.type == "cpu" and training_args.bf16 and not cpu_has_native_bf16():
         raise TrainingSetupError(
@@ -171,15 +170,47 @@ def check_precision(training_args: TrainingArguments) -> None:
         )
 
 
-def check_compiler(training_args: TrainingArguments) -> None:
-    """--torch_compile on a CPU needs the C++ compiler inductor generates code for and Python's headers (its kernels
-    include Python.h); without them, train eagerly (one warning) instead of failing at the first step."""
+def compiler_problems(training_args: TrainingArguments) -> list[str]:
+    """What --torch_compile lacks on this CPU: inductor's C++ compiler and Python's headers (its kernels include
+    Python.h). Empty when nothing is missing or compilation is off."""
     if not (training_args.torch_compile and training_args.device.type == "cpu"):
-        return
+        return []
+    problems = []
     compiler = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")  # inductor's default
+    if shutil.which(compiler) is None:
+        problems.append(f"no C++ compiler {compiler!r} on PATH")
     headers = Path(sysconfig.get_path("include"), "Python.h")  # macOS framework builds keep theirs elsewhere
-    missing = [f"no C++ compiler {compiler!r} on PATH"] * (shutil.which(compiler) is None)
-    missing += [f"no Python headers ({headers})"] * (not headers.exists() and sys.platform != "darwin")
+    if not headers.exists() and sys.platform != "darwin":
+        problems.append(f"no Python headers ({headers})")
+    return problems
+
+
+def per_device_batch(training_args: TrainingArguments, global_batch: int) -> int:
+    """The per-device batch that gives `global_batch` images per optimizer step (rounded up)."""
+    replicas = data_parallel_replicas(training_args)
+    return math.ceil(global_batch / (replicas * training_args.gradient_accumulation_steps))
+
+
+def data_parallel_replicas(training_args: TrainingArguments) -> int:
+    """Processes, or the GPUs of one process under DataParallel."""
+    if training_args.world_size == 1:
+        return max(1, training_args.n_gpu)
+    return training_args.world_size
+
+
+def resolve_run_settings(training_args: TrainingArguments, run_args: RunArguments, explicit: set[str]) -> int:
+    """Adjust `training_args` to this machine and the recipe, logging every change; returns the global batch.
+
+    - On a CPU, torch gets this machine's CPUs split over the local processes (`accelerate launch` sets
+      OMP_NUM_THREADS=1, which would leave one core of two idle).
+    - --torch_compile without a compiler trains eagerly (one warning) instead of failing at the first step.
+    - The per-device batch comes from --global_batch_size unless --per_device_train_batch_size is given.
+    - The transforms need the image and label columns, so the Trainer must not remove them.
+    """
+    if training_args.device.type == "cpu":
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.set_num_threads(run_args.num_threads or max(1, cpu_count() // local_processes))
+    missing = compiler_problems(training_args)
     if missing:
         logger.warning(
             "--torch_compile: %s, which torch.compile needs on a CPU; training without compilation. Install them "
@@ -187,25 +218,29 @@ def check_compiler(training_args: TrainingArguments) -> None:
             " and ".join(missing),
         )
         training_args.torch_compile = False
-        training_args.torch_compile_backend = training_args.torch_compile_mode = None  # the Trainer reads these too
-
-
-def apply_batch_policy(training_args: TrainingArguments, global_batch: int, explicit_per_device: bool) -> int:
-    """Per-device batch from the global one, unless given; returns the global batch actually used."""
-    replicas = training_args.world_size * (max(1, training_args.n_gpu) if training_args.world_size == 1 else 1)
+        training_args.torch_compile_backend = None  # the Trainer reads these too
+        training_args.torch_compile_mode = None
+    replicas = data_parallel_replicas(training_args)
     accumulation = training_args.gradient_accumulation_steps
-    if not explicit_per_device:
-        per_device = math.ceil(global_batch / (replicas * accumulation))
-        if per_device * replicas * accumulation != global_batch:
+    if "per_device_train_batch_size" in explicit:
+        global_batch = training_args.per_device_train_batch_size * replicas * accumulation
+        logger.info("Global batch %d from --per_device_train_batch_size.", global_batch)
+        return_batch = global_batch
+    else:
+        training_args.per_device_train_batch_size = per_device_batch(training_args, run_args.global_batch_size)
+        return_batch = training_args.per_device_train_batch_size * replicas * accumulation
+        if return_batch != run_args.global_batch_size:
             logger.warning(
                 "The global batch %d does not divide over %d processes x %d accumulation steps: %d per device.",
-                global_batch,
+                run_args.global_batch_size,
                 replicas,
                 accumulation,
-                per_device,
+                training_args.per_device_train_batch_size,
             )
-        training_args.per_device_train_batch_size = per_device
-    return training_args.per_device_train_batch_size * replicas * accumulation
+    if training_args.remove_unused_columns:
+        logger.info("remove_unused_columns set to False: the transforms read the image and label columns.")
+        training_args.remove_unused_columns = False
+    return return_batch
 
 
 def check_hub_access(training_args: TrainingArguments) -> None:
@@ -241,19 +276,30 @@ def checkpoint_problem(path: str) -> str | None:
         return str(err)
 
 
-def _checkpoints(output_dir: str) -> list[str]:
+def list_checkpoints(output_dir: str) -> list[str]:
+    """The `checkpoint-N` folders in `output_dir`, newest first."""
     pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
     found = [(int(m.group(1)), name) for name in os.listdir(output_dir) if (m := pattern.match(name))]
     return [os.path.join(output_dir, name) for _, name in sorted(found, reverse=True)]
 
 
-def find_checkpoint(training_args: TrainingArguments, run_args: RunArguments) -> str | None:
-    """The checkpoint to resume from: --resume_from_checkpoint, else the newest intact one in --output_dir.
+def remove_checkpoints(training_args: TrainingArguments) -> None:
+    """Delete the checkpoints in --output_dir (on the saving rank), so that training starts afresh."""
+    if training_args.should_save and os.path.isdir(training_args.output_dir):
+        for path in list_checkpoints(training_args.output_dir):
+            logger.info("Removing %s (--overwrite_output_dir).", path)
+            shutil.rmtree(path)
+
+
+def resolve_checkpoint(training_args: TrainingArguments, overwrite: bool) -> str | None:
+    """The checkpoint to resume from: --resume_from_checkpoint, else (unless `overwrite`) the newest intact one in
+    --output_dir. Deletes nothing.
 
     A damaged newest checkpoint is skipped with a warning naming the file; a non-empty folder without any
-    checkpoint is refused unless --overwrite_output_dir (which removes its checkpoints).
+    checkpoint is refused unless `overwrite`.
     """
-    output_dir, explicit = training_args.output_dir, training_args.resume_from_checkpoint
+    output_dir = training_args.output_dir
+    explicit = training_args.resume_from_checkpoint
     if explicit and explicit.lower() not in ("true", "1", "yes"):
         problem = checkpoint_problem(explicit)
         if problem:
@@ -261,14 +307,9 @@ def find_checkpoint(training_args: TrainingArguments, run_args: RunArguments) ->
         return explicit
     if os.path.isfile(output_dir):
         raise TrainingSetupError(f"--output_dir {output_dir} is a file; pass a folder.")
-    if not os.path.isdir(output_dir):
+    if overwrite or not os.path.isdir(output_dir):
         return None
-    checkpoints = _checkpoints(output_dir)
-    if run_args.overwrite_output_dir:
-        if training_args.should_save:
-            for path in checkpoints:
-                shutil.rmtree(path)
-        return None
+    checkpoints = list_checkpoints(output_dir)
     for path in checkpoints:
         problem = checkpoint_problem(path)
         if problem is None:
@@ -504,23 +545,21 @@ def main(argv: list[str] | None = None) -> tuple[Trainer, dict[str, float]]:
     model_args, data_args, run_args, training_args, explicit = parse_args(argv)
     setup_logging(training_args)
 
-    # Check the run before spending time on data
-    threads = set_cpu_threads(training_args, run_args.num_threads)
+    # Check the run and fit its settings to this machine before spending time on data
     check_precision(training_args)
-    check_compiler(training_args)
-    global_batch = apply_batch_policy(
-        training_args, run_args.global_batch_size, "per_device_train_batch_size" in explicit
-    )
-    training_args.remove_unused_columns = False  # the transforms need the image and label columns
+    global_batch = resolve_run_settings(training_args, run_args, explicit)
     check_hub_access(training_args)
-    checkpoint = find_checkpoint(training_args, run_args)
+    keep_token_out_of_files(training_args)
+    checkpoint = resolve_checkpoint(training_args, run_args.overwrite_output_dir)
+    if run_args.overwrite_output_dir and checkpoint is None:
+        remove_checkpoints(training_args)
     logger.info(
         "Recipe %s; %d process(es), global batch %d (%d per device); %d torch thread(s) per process.",
         run_args.recipe,
         training_args.world_size,
         global_batch,
         training_args.per_device_train_batch_size,
-        threads,
+        torch.get_num_threads(),
     )
 
     # Load the dataset
@@ -537,6 +576,8 @@ def main(argv: list[str] | None = None) -> tuple[Trainer, dict[str, float]]:
     set_seed(training_args.seed)
     model = build_model(model_args, label_names)
     check_checkpoint_matches(checkpoint, model.config)
+    if run_args.fast_dropout:
+        replace_dropout_modules(model)
     processor = build_image_processor(model_args, model.config, data_args.normalize)
     logger.info(
         "Model: %s parameters; data: %s, %d train / %d eval images.",
@@ -545,29 +586,8 @@ def main(argv: list[str] | None = None) -> tuple[Trainer, dict[str, float]]:
         len(train_dataset),
         len(eval_dataset),
     )
-    run_info = {
-        "recipe": run_args.recipe,
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
-        "hardware": hardware_description(training_args),
-        "cpu_isa": cpu_isa(),
-        "seed": training_args.seed,
-        "num_processes": training_args.world_size,
-        "global_batch_size": global_batch,
-        "per_device_train_batch_size": training_args.per_device_train_batch_size,
-        "dataset": description,
-        "dataset_id": data.hub_dataset_id(data_args),
-        "augmentation": data_args.augmentation,
-        "train_samples": len(train_dataset),
-        "eval_samples": len(eval_dataset),
-        "eval_split": "validation" if data_args.validation_size is not None else "test",
-        "num_parameters": model.num_parameters(),
-        "mixed_precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
-        "torch_compile": training_args.torch_compile,
-        "torch_threads_per_process": threads,
-        "resumed_from": checkpoint,
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "training_args": json.loads(training_args.to_json_string()),
-    }
+    run_info = describe_run(training_args, run_args, data_args, model, checkpoint, global_batch)
+    run_info.update(dataset=description, train_samples=len(train_dataset), eval_samples=len(eval_dataset))
     train_dataset, eval_dataset = prepare_datasets(train_dataset, eval_dataset, processor, data_args)
 
     # Initialize our trainer
@@ -583,6 +603,50 @@ def main(argv: list[str] | None = None) -> tuple[Trainer, dict[str, float]]:
         callbacks=[EpochSummaryCallback(global_batch)],
     )
     return trainer, train_and_evaluate(trainer, checkpoint, run_info)
+
+
+def describe_run(training_args, run_args, data_args, model, checkpoint: str | None, global_batch: int) -> dict:
+    """The run's record for `run_info.json`, which the model card reads."""
+    return {
+        "recipe": run_args.recipe,
+        "command": recorded_command(sys.argv),
+        "hardware": hardware_description(training_args),
+        "cpu_isa": cpu_isa(),
+        "seed": training_args.seed,
+        "num_processes": training_args.world_size,
+        "global_batch_size": global_batch,
+        "per_device_train_batch_size": training_args.per_device_train_batch_size,
+        "dataset_id": data.hub_dataset_id(data_args),
+        "augmentation": data_args.augmentation,
+        "eval_split": "validation" if data_args.validation_size is not None else "test",
+        "num_parameters": model.num_parameters(),
+        "mixed_precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
+        "torch_compile": training_args.torch_compile,
+        "fast_dropout": run_args.fast_dropout,
+        "torch_threads_per_process": torch.get_num_threads(),
+        "resumed_from": checkpoint,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "training_args": json.loads(training_args.to_json_string()),
+    }
+
+
+def recorded_command(argv: list[str]) -> str:
+    """The command line as a shell would take it, with the value of --hub_token replaced by <redacted>."""
+    words = [Path(sys.executable).name, *argv]
+    for i, word in enumerate(words):
+        if word.startswith("--hub_token="):
+            words[i] = "--hub_token=<redacted>"
+        elif i > 0 and words[i - 1] == "--hub_token":
+            words[i] = "<redacted>"
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def keep_token_out_of_files(training_args: TrainingArguments) -> None:
+    """Move --hub_token into the process environment, where huggingface_hub reads it, so that no file the Trainer
+    writes (training_args.bin, checkpoints, the recorded arguments) holds it."""
+    if training_args.hub_token:
+        os.environ["HF_TOKEN"] = training_args.hub_token
+        training_args.hub_token = None
 
 
 def train_and_evaluate(trainer: Trainer, checkpoint: str | None, run_info: dict) -> dict[str, float]:
@@ -620,7 +684,8 @@ def train_and_evaluate(trainer: Trainer, checkpoint: str | None, run_info: dict)
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Entry point of scripts/train.py: bad input gets one clear line and exit status 2, not a traceback."""
+    """Entry point of scripts/train.py, `vit-d2l-train` and `python -m hf_vit_d2l.training`: bad input gets one
+    clear line and exit status 2, not a traceback."""
     try:
         trainer, _ = main(argv)
     except (TrainingSetupError, data.DataUnavailableError, data.IDXFormatError) as err:
@@ -657,3 +722,7 @@ __all__ = [
     "parse_args",
     "run",
 ]
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -3,8 +3,9 @@
 
 With only --output_dir it reproduces the book's recipe (SGD lr 0.1, constant LR, batch 128, 10 epochs, no gradient
 clipping, the 96 px config, evaluation on the test split after every epoch); --recipe improved / quick pick the
-stronger recipes (configs/recipes/*.json, or a JSON file of your own). Any flag you give wins over the recipe.
-The same script runs under `accelerate launch`:
+stronger recipes (hf_vit_d2l/recipes/*.json, or a JSON file of your own). Any flag you give wins over the recipe.
+The same script runs under `accelerate launch`; without a clone, `vit-d2l-train` or
+`accelerate launch -m hf_vit_d2l.training` run the same code:
 
     # one CPU or one GPU (plain python works too)
     python scripts/train.py --output_dir runs/book
@@ -42,23 +43,8 @@ Always pass --config_file (or explicit flags): without it `accelerate launch` re
 """
 
 import sys
-from pathlib import Path
 
-# Python puts this script's folder first on sys.path, where scripts/evaluate.py would shadow the `evaluate` library.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-try:
-    import hf_vit_d2l  # noqa: F401
-except ImportError:  # run from a clone without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hf_vit_d2l.training import run  # noqa: E402  (after the sys.path fix)
-
-
-def main() -> int:
-    return run()
-
+from hf_vit_d2l.training import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -74,11 +74,12 @@ def test_stock_vit_peer_with_the_books_dropouts_does_our_dropout_work():
     assert dropped_elements(peer) == dropped_elements(ours) > dropped_elements(stock)
 
 
-def test_this_model_with_nn_dropout_differs_only_in_its_dropout_modules():
+def test_this_model_with_fast_dropout_differs_only_in_its_dropout_modules():
     config = benchmark.load_config("vit_d2l_fashion_mnist", TINY)
-    ours, peer = (benchmark.build_model(name, config, 0) for name in ("this_sdpa", "this_sdpa_nn_dropout"))
+    ours, peer = (benchmark.build_model(name, config, 0) for name in ("this_sdpa", "this_sdpa_fast_dropout"))
     kinds = [[type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.Dropout)] for model in (ours, peer)]
-    assert kinds == [["ViTD2LDropout"] * len(kinds[0]), ["Dropout"] * len(kinds[0])] and kinds[0]
+    assert kinds[0], "the model has dropout modules"
+    assert kinds == [["Dropout"] * len(kinds[0]), ["FastDropout"] * len(kinds[0])], kinds
     assert [m.p for m in ours.modules() if isinstance(m, torch.nn.Dropout)] == [
         m.p for m in peer.modules() if isinstance(m, torch.nn.Dropout)
     ]

@@ -5,7 +5,6 @@ Needs the `demo` extra (gradio) and, for the browser test, Debian's `chromium` +
 with HF_VIT_D2L_REQUIRE_BROWSER=1 (set in CI) a missing browser fails the test instead of skipping it.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -24,10 +23,8 @@ from hf_vit_d2l import ViTD2LConfig, ViTD2LForImageClassification, ViTD2LImagePr
 gr = pytest.importorskip("gradio", reason='the demo needs gradio: pip install -e ".[demo]"')
 from gradio_client import Client, handle_file  # noqa: E402
 
-REPO_ROOT_FOR_IMPORT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("demo", os.path.join(REPO_ROOT_FOR_IMPORT, "scripts", "demo.py"))
-demo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(demo)
+from hf_vit_d2l import demo  # noqa: E402
+
 build_demo, classify, launch_kwargs = demo.build_demo, demo.classify, demo.launch_kwargs
 load_model, write_space_folder = demo.load_model, demo.write_space_folder
 

@@ -1,6 +1,5 @@
-"""scripts/evaluate.py and hf_vit_d2l.evaluation: accuracy, per-class accuracy, confusion matrix (JSON, PNG), plots."""
+"""hf_vit_d2l.evaluation and scripts/run_evaluation.py: accuracy, per-class accuracy, confusion matrix, plots."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,17 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from hf_vit_d2l import ViTD2LConfig, ViTD2LForImageClassification, ViTD2LImageProcessor
+from hf_vit_d2l import ViTD2LConfig, ViTD2LForImageClassification, ViTD2LImageProcessor, evaluation
 from hf_vit_d2l.data import DataArguments
 from hf_vit_d2l.evaluation import ModelLoadError, plot_confusion_matrix, plot_training_curves
 
 REPO = Path(__file__).resolve().parents[1]
-# The script, imported under another name: "evaluate" is the Hugging Face library's.
-_spec = importlib.util.spec_from_file_location("evaluate_script", REPO / "scripts" / "evaluate.py")
-evaluate_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(evaluate_script)
-EvaluateArguments, evaluate_saved_model = evaluate_script.EvaluateArguments, evaluate_script.evaluate_saved_model
-label_mapping = evaluate_script.label_mapping
+EvaluateArguments, evaluate_saved_model = evaluation.EvaluateArguments, evaluation.evaluate_saved_model
+label_mapping = evaluation.label_mapping
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -66,7 +61,7 @@ def test_evaluate_script_on_the_whole_test_split(saved_model, fashion_mnist_dir,
     result = subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "evaluate.py"),
+            str(REPO / "scripts" / "run_evaluation.py"),
             "--model_name_or_path",
             str(folder),
             "--output_dir",
@@ -143,7 +138,7 @@ def test_evaluate_script_damaged_weights_get_one_line(saved_model, tmp_path):
     folder = shutil.copytree(saved_model[0], tmp_path / "broken")
     (folder / "model.safetensors").write_bytes(b"")
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "evaluate.py"), "--model_name_or_path", str(folder)],
+        [sys.executable, str(REPO / "scripts" / "run_evaluation.py"), "--model_name_or_path", str(folder)],
         cwd=tmp_path,
         capture_output=True,
         text=True,

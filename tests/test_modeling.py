@@ -12,7 +12,6 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 
 from hf_vit_d2l import FASHION_MNIST_LABELS, ViTD2LConfig, ViTD2LForImageClassification, ViTD2LModel
-from hf_vit_d2l.modeling_vit_d2l import fast_dropout
 
 
 class ViTD2LModelTester:
@@ -128,41 +127,6 @@ def test_determinism_in_eval_and_dropout_in_train():
     model.train()
     with torch.no_grad():
         assert not torch.allclose(model(pixel_values).logits, model(pixel_values).logits)
-
-
-@pytest.mark.parametrize("p", [0.1, 0.5])
-def test_fast_dropout_drops_iid_bernoulli_and_scales_the_rest(p):
-    x = torch.ones(4_000_000, requires_grad=True)
-    torch.manual_seed(0)
-    y = fast_dropout(x, p, training=True)
-    dropped = y == 0
-    assert torch.equal(y[~dropped], torch.full_like(y[~dropped], 1 / (1 - p)))
-    for part in dropped.chunk(4):  # the rate p at the start and at the end of the tensor, within 5 sigma
-        assert abs(part.float().mean().item() - p) < 5 * math.sqrt(p * (1 - p) / part.numel())
-    both = (dropped[1:] & dropped[:-1]).float().mean().item()  # neighbours drop independently
-    assert abs(both - p * p) < 5 * math.sqrt(p * p * (1 - p * p) / x.numel())
-    y.backward(torch.full_like(y, 3.0))
-    assert torch.equal(x.grad, 3.0 * y.detach())
-    torch.manual_seed(0)
-    assert torch.equal(fast_dropout(x.detach(), p, training=True), y)  # the seed fixes the mask
-    assert torch.equal(fast_dropout(x.detach(), p, training=False), x.detach())
-
-
-def test_fast_dropout_of_a_few_elements_has_the_binomial_counts():
-    torch.manual_seed(0)
-    draws = torch.stack([fast_dropout(torch.ones(3), 0.1, training=True) == 0 for _ in range(20_000)])
-    counts = torch.bincount(draws.sum(1), minlength=4).float() / len(draws)
-    expected = torch.tensor([math.comb(3, k) * 0.1**k * 0.9 ** (3 - k) for k in range(4)])
-    torch.testing.assert_close(counts, expected, atol=0.01, rtol=0)
-    torch.testing.assert_close(draws.float().mean(0), torch.full((3,), 0.1), atol=0.01, rtol=0)
-
-
-def test_fast_dropout_is_plain_dropout_above_one_half():
-    x = torch.randn(1000)
-    torch.manual_seed(0)
-    expected = nn.functional.dropout(x, 0.7, training=True)
-    torch.manual_seed(0)
-    assert torch.equal(fast_dropout(x, 0.7, training=True), expected)
 
 
 def test_batching_equivalence():

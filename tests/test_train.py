@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from hf_vit_d2l import training
 from hf_vit_d2l.data import DataArguments, load_splits
-from hf_vit_d2l.training import apply_batch_policy, parse_args
+from hf_vit_d2l.training import parse_args, per_device_batch, resolve_run_settings
 from hf_vit_d2l.utils import cpu_count
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,9 +99,8 @@ def test_book_recipe_is_the_default(tmp_path):
     assert args.eval_strategy.value == "epoch" and args.save_strategy.value == "epoch"
     assert args.seed == 42 and args.data_seed == 42 and args.remove_unused_columns is False
     assert data_args.augmentation == "none" and not data_args.normalize and data_args.preprocessing_backend == "pil"
-    assert (
-        apply_batch_policy(args, run_args.global_batch_size, False) == 128 and args.per_device_train_batch_size == 128
-    )
+    assert resolve_run_settings(args, run_args, explicit) == 128, "the book's global batch"
+    assert args.per_device_train_batch_size == 128, "one process takes the whole batch"
     model = training.build_model(model_args, ["a"] * 10)
     assert model.num_parameters() == 6_457_866  # the book's 96 px config
     processor = training.build_image_processor(model_args, model.config, data_args.normalize)
@@ -157,14 +156,18 @@ def test_global_batch_policy_under_n_processes():
             world_size=world, n_gpu=1, gradient_accumulation_steps=accumulation, per_device_train_batch_size=8
         )
 
-    args = fake(2)
-    assert apply_batch_policy(args, 128, False) == 128 and args.per_device_train_batch_size == 64
-    args = fake(4, accumulation=2)
-    assert apply_batch_policy(args, 128, False) == 128 and args.per_device_train_batch_size == 16
-    args = fake(3)  # does not divide: rounded up
-    assert apply_batch_policy(args, 128, False) == 129 and args.per_device_train_batch_size == 43
-    args = fake(2)  # an explicit per-device batch is kept
-    assert apply_batch_policy(args, 128, True) == 16
+    assert per_device_batch(fake(2), 128) == 64, "2 processes"
+    assert per_device_batch(fake(4, accumulation=2), 128) == 16, "4 processes x 2 accumulation steps"
+    assert per_device_batch(fake(3), 128) == 43, "3 processes: rounded up"
+
+
+def test_run_settings_keep_an_explicit_per_device_batch(tmp_path):
+    argv = ["--output_dir", str(tmp_path), "--per_device_train_batch_size", "16"]
+    _, _, run_args, args, explicit = parse_args(argv)
+    args.remove_unused_columns = True
+    assert resolve_run_settings(args, run_args, explicit) == 16, "global batch from the explicit per-device batch"
+    assert args.per_device_train_batch_size == 16, "the explicit per-device batch is kept"
+    assert args.remove_unused_columns is False, "the transforms need the image and label columns"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -241,13 +244,10 @@ def test_torch_compile_without_a_cpu_compiler_trains_eagerly(tmp_path, monkeypat
     (tmp_path / "include" / "Python.h").touch()
     monkeypatch.setattr(training.sysconfig, "get_path", lambda name: str(tmp_path / "include"))
     monkeypatch.setenv("CXX", "sh")  # a program on PATH and the headers: compilation stays on
-    training.check_compiler(args := compile_args())
-    assert args.torch_compile and args.torch_compile_backend == "inductor"
+    assert training.compiler_problems(compile_args()) == [], "a compiler on PATH and the headers"
     (tmp_path / "include" / "Python.h").unlink()  # inductor's CPU kernels include Python.h: without it, eager
-    with caplog.at_level("WARNING", logger="hf_vit_d2l.training"):
-        training.check_compiler(args := compile_args())
-    assert not args.torch_compile and "no Python headers" in caplog.text and "python3-dev" in caplog.text
-    caplog.clear()
+    (problem,) = training.compiler_problems(compile_args())
+    assert "no Python headers" in problem, problem
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     argv = [*FAST, "--max_train_samples", "128", "--max_eval_samples", "64", "--num_train_epochs", "1"]
     argv += ["--save_strategy", "no", "--torch_compile", "true", "--output_dir", str(tmp_path / "o")]
@@ -266,7 +266,7 @@ def test_epoch_line_counts_the_images_of_the_steps_run(tmp_path, caplog):
 
     args = TrainingArguments(output_dir=str(tmp_path), gradient_accumulation_steps=2, use_cpu=True, report_to="none")
     state, control = TrainerState(global_step=10, train_batch_size=64), TrainerControl()
-    callback = training.EpochSummaryCallback(global_batch_size=64 * 2)  # what apply_batch_policy returns for args
+    callback = training.EpochSummaryCallback(global_batch_size=64 * 2)  # what resolve_run_settings returns for args
     callback.on_epoch_begin(args, state, control)
     callback.epoch_start -= 2.0  # the epoch began two seconds ago
     state.global_step, state.epoch = 14, 1.0

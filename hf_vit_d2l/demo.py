@@ -1,0 +1,277 @@
+#!/usr/bin/env python
+"""Try a saved model in the browser: a Gradio app on http://127.0.0.1:7860 (upload or draw an image; top labels,
+the model's input, attention rollout), and the folder of a Hugging Face Space that runs it on a pushed model.
+
+    pip install -e ".[demo]"
+    python scripts/demo.py --model runs/quick           # or: vit-d2l-demo, python -m hf_vit_d2l.demo
+    python scripts/demo.py --model USER/NAME --trust_remote_code --port 7861   # a pushed model, by Hub id
+
+`write_space_folder` copies this file and `hf_vit_d2l/attention_maps.py` next to a short `app.py`: in a Space they
+import only torch, numpy, PIL, matplotlib, transformers and gradio.
+"""
+
+import argparse
+import gzip
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+from transformers.image_utils import load_image
+
+try:  # in this package
+    from .attention_maps import compute_attention_maps, enlarge, model_view, overlay, top_labels
+except ImportError:  # in a Space, this file and attention_maps.py sit next to app.py
+    from attention_maps import compute_attention_maps, enlarge, model_view, overlay, top_labels
+
+FASHION_MNIST_TEST_IMAGES = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+FASHION_MNIST_TEST_LABELS = "/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"
+# Modes whose conversion to RGB (transformers' `load_image` rule, which `pipeline` applies) loses information.
+LOSSY_MODES = {
+    "RGBA": "transparency",
+    "LA": "transparency",
+    "PA": "transparency",
+    "I;16": "16-bit depth",
+    "I;16B": "16-bit depth",
+    "I": "32-bit depth",
+    "F": "floating-point values",
+}
+
+
+def load_model(model: str, revision: str | None = None, trust_remote_code: bool = False):
+    """`(model, image_processor)` from a saved folder or a Hub id; a one-line `ValueError` when that fails."""
+    # USER/NAME may be a Hub id; a longer path, one starting with / . or ~, or one under a local folder is a folder.
+    folder_like = model.startswith(("/", ".", "~")) or model.count("/") > 1 or os.path.isdir(os.path.dirname(model))
+    if folder_like and not os.path.isdir(model):
+        raise ValueError(f"{model}: no such folder. Pass a folder saved by scripts/train.py or a Hub id (USER/NAME).")
+    try:
+        options = {"revision": revision, "trust_remote_code": trust_remote_code}
+        loaded = AutoModelForImageClassification.from_pretrained(model, **options)
+        processor = AutoImageProcessor.from_pretrained(model, **options)
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"Could not load a model from {model}: {reason}") from None
+    return loaded.eval(), processor
+
+
+def fashion_mnist_examples(folder: str, per_class: int = 1) -> list[str]:
+    """Write the first `per_class` test images of each class as PNGs in `folder`; [] when the data is absent."""
+    if not (os.path.isfile(FASHION_MNIST_TEST_IMAGES) and os.path.isfile(FASHION_MNIST_TEST_LABELS)):
+        return []
+    # IDX files: a 16-byte header before the 28x28 uint8 images, an 8-byte one before the labels.
+    images = np.frombuffer(gzip.decompress(Path(FASHION_MNIST_TEST_IMAGES).read_bytes()), np.uint8, offset=16)
+    labels = np.frombuffer(gzip.decompress(Path(FASHION_MNIST_TEST_LABELS).read_bytes()), np.uint8, offset=8)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for label in range(10):
+        for index in np.flatnonzero(labels == label)[:per_class]:
+            paths.append(os.path.join(folder, f"test_{index:04d}_class{label}.png"))
+            Image.fromarray(images.reshape(-1, 28, 28)[index], mode="L").save(paths[-1])
+    return paths
+
+
+def looks_inverted(image: Image.Image) -> bool:
+    """A light background (the image border is mostly bright), unlike Fashion-MNIST's light items on black."""
+    gray = np.asarray(image.convert("L"))
+    return float(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]]))) > 127
+
+
+@torch.no_grad()
+def classify(image, model, processor, top_k: int = 5):
+    """One image (a file path or a PIL image) -> ({label: probability}, model input, attention overlay, note).
+
+    A file is opened with transformers' `load_image`, as `pipeline` does, so both give the same probabilities."""
+    if image is None:
+        return None, None, None, ""
+    notes = []
+    if isinstance(image, (str, os.PathLike)):
+        mode = Image.open(image).mode
+        if mode in LOSSY_MODES:
+            notes.append(
+                f"The {mode} image was converted to RGB, as `pipeline` does: its {LOSSY_MODES[mode]} is lost."
+            )
+        image = load_image(os.fspath(image))
+    pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
+    scores = dict(top_labels(model, pixel_values, top_k))
+    maps = compute_attention_maps(model, pixel_values)
+    view = model_view(pixel_values[0])
+    if looks_inverted(image):
+        notes.append(
+            "**This looks like a dark item on a light background.** Fashion-MNIST items are light on black, so the "
+            "model is often wrong on such images: press *Invert colours*. The model card reports the accuracy "
+            "measured on inverted test images."
+        )
+    return scores, enlarge(view), enlarge(overlay(view, maps.rollout[0].numpy())), "\n\n".join(notes)
+
+
+def build_demo(model, processor, examples=(), top_k: int = 5, title: str | None = None):
+    """The Gradio `Blocks` app of a loaded model and its processor; `examples` are image file paths."""
+    import gradio as gr
+
+    size = model.config.image_size
+    mean_pooling = getattr(model.config, "pooling", "cls") == "mean"
+    pooling = "the mean of its patch tokens" if mean_pooling else "its `<cls>` token"
+    query = "all patches (averaged)" if mean_pooling else "the `<cls>` token"
+    box = {"height": 300, "sources": ["upload", "clipboard"]}
+    shown = {"interactive": False, "height": 300, "buttons": ["download"]}
+    with gr.Blocks(title=title or "Fashion-MNIST ViT demo", analytics_enabled=False) as demo:
+        gr.Markdown(
+            f"## {title or 'Fashion-MNIST Vision Transformer'}\n"
+            "Upload a picture of a garment, or draw one (*Draw*, then the brush on the left). The model sees it as a "
+            f"{size}×{size} {'grayscale' if model.config.num_channels == 1 else 'colour'} image and classifies it "
+            f"from {pooling}."
+        )
+        with gr.Row():
+            with gr.Column():
+                with gr.Tab("Upload"):
+                    # The file as uploaded (image_mode=None), read like `pipeline` reads files, in `classify`.
+                    upload = gr.Image(type="filepath", image_mode=None, format="png", **box, elem_id="upload")
+                    invert_button = gr.Button("Invert colours", size="sm")
+                with gr.Tab("Draw"):
+                    sketch = gr.Sketchpad(
+                        type="pil",
+                        image_mode="RGBA",
+                        brush=gr.Brush(colors=["#000000"], default_color="#000000", color_mode="fixed"),
+                        canvas_size=(280, 280),
+                        fixed_canvas=True,
+                        layers=False,
+                        transforms=(),
+                        label="Drawing (the model gets it inverted: white on black)",
+                        elem_id="sketch",
+                    )
+                if examples:
+                    gr.Examples(examples=list(examples), inputs=upload, label="Fashion-MNIST test images")
+            with gr.Column():
+                labels = gr.Label(num_top_classes=top_k, label="Prediction", elem_id="prediction")
+                note = gr.Markdown(elem_id="note")
+                with gr.Row():
+                    seen = gr.Image(label=f"What the model sees ({size}×{size})", **shown, elem_id="model-input")
+                    rollout = gr.Image(label="Attention rollout", **shown, elem_id="attention")
+                gr.Markdown(
+                    f"Attention rollout (Abnar & Zuidema, 2020): bright patches are where the attention of {query} "
+                    f"ends up after all {model.config.num_hidden_layers} blocks."
+                )
+        outputs = [labels, seen, rollout, note]
+
+        def from_sketch(value):
+            composite = None if value is None else value.get("composite")
+            if composite is None:
+                return None, None, None, ""
+            # Strokes on a white (or transparent) canvas -> Fashion-MNIST's light item on black.
+            white = Image.new("RGBA", composite.size, "white")
+            drawing = ImageOps.invert(Image.alpha_composite(white, composite.convert("RGBA")).convert("L"))
+            return classify(drawing, model, processor, top_k) if np.asarray(drawing).any() else (None,) * 3 + ("",)
+
+        upload.change(lambda path: classify(path, model, processor, top_k), upload, outputs, api_name="classify")
+        sketch.change(from_sketch, sketch, outputs, api_name="classify_drawing", trigger_mode="always_last")
+        invert_button.click(lambda path: path and ImageOps.invert(load_image(path)), upload, upload, api_name=False)
+    return demo
+
+
+def launch_kwargs(port: int | None = None) -> dict:
+    """`Blocks.launch` arguments for an offline, local-only demo (no share link, fonts from the system)."""
+    import gradio as gr
+
+    font = ["ui-sans-serif", "system-ui", "sans-serif"]
+    theme = gr.themes.Default(font=font, font_mono=["ui-monospace", "monospace"])
+    # Small inputs (28x28 PNGs) fill the upload box with their pixels visible instead of sitting as a dot in it.
+    css = "#upload img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
+    return {"server_name": "127.0.0.1", "server_port": port, "theme": theme, "css": css, "footer_links": ["api"]}
+
+
+SPACE_APP = '''"""Gradio demo of {model_repo_id} (a Vision Transformer from Dive into Deep Learning, hf-vit-d2l)."""
+
+import glob
+import os
+
+from demo import build_demo, launch_kwargs, load_model
+
+MODEL = os.environ.get("VIT_D2L_MODEL", {model_repo_id!r})
+REVISION = None if "VIT_D2L_MODEL" in os.environ else {revision!r}  # the pushed commit this Space was built for
+EXAMPLES = sorted(glob.glob("examples/*.png"))  # Fashion-MNIST test images, when the folder was written with them
+
+model, processor = load_model(MODEL, revision=REVISION, trust_remote_code=True)
+demo = build_demo(model, processor, examples=EXAMPLES, title={title!r})
+
+if __name__ == "__main__":
+    demo.launch(**dict(launch_kwargs(), server_name="0.0.0.0"))
+'''
+
+SPACE_README = """---
+title: {title}
+emoji: 👕
+sdk: gradio
+sdk_version: {gradio_version}
+app_file: app.py
+license: apache-2.0
+models:
+- {model_repo_id}
+short_description: Fashion-MNIST Vision Transformer with attention maps
+---
+
+A demo of [{model_repo_id}](https://huggingface.co/{model_repo_id}) at revision `{revision}`: upload or draw an
+image, see the top labels, the {image_size}×{image_size} input the model sees, and its attention rollout.
+"""
+
+
+def write_space_folder(out_dir: str, model_repo_id: str, revision: str, image_size: int = 28) -> str:
+    """Write a Hub Space (`app.py`, `requirements.txt`, `README.md`, the demo code, example images) to `out_dir`.
+
+    Its app loads `model_repo_id` at `revision` with `trust_remote_code=True` (env `VIT_D2L_MODEL`: another model).
+    """
+    import gradio
+    import transformers
+
+    from . import attention_maps
+    from .utils import save_folder_atomically
+
+    fields = {"model_repo_id": model_repo_id, "revision": revision, "image_size": image_size}
+    fields["title"] = f"{model_repo_id.split('/')[-1]} demo"
+    requirements = [f"transformers=={transformers.__version__}", f"gradio=={gradio.__version__}", "torch", "numpy"]
+    requirements += ["pillow", "matplotlib"]
+
+    files = {"app.py": SPACE_APP.format(**fields), "requirements.txt": "\n".join(requirements) + "\n"}
+    files["README.md"] = SPACE_README.format(gradio_version=gradio.__version__, **fields)
+
+    def write(folder):
+        for name, text in files.items():
+            with open(os.path.join(folder, name), "w") as f:
+                f.write(text)
+        for path in (__file__, attention_maps.__file__):
+            shutil.copyfile(path, os.path.join(folder, os.path.basename(path)))
+        fashion_mnist_examples(os.path.join(folder, "examples"))
+
+    return save_folder_atomically(out_dir, write, last="app.py")
+
+
+def serve(model: str, port: int | None = None, trust_remote_code: bool = False, top_k: int = 5) -> None:
+    """Load `model` (a folder or Hub id) and serve the demo on 127.0.0.1 until interrupted."""
+    loaded, processor = load_model(model, trust_remote_code=trust_remote_code)
+    examples = fashion_mnist_examples(os.path.join(tempfile.gettempdir(), "hf_vit_d2l_demo_examples"))
+    title = f"{os.path.basename(os.path.normpath(model))}: Fashion-MNIST ViT"
+    build_demo(loaded, processor, examples, top_k=top_k, title=title).launch(**launch_kwargs(port))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="A folder saved by scripts/train.py, or a Hub id.")
+    parser.add_argument("--port", type=int, default=None, help="Port on 127.0.0.1 (default: 7860 or the next free).")
+    parser.add_argument("--top_k", type=int, default=5, help="How many labels to show.")
+    parser.add_argument("--trust_remote_code", action="store_true", help="Run the code shipped with a Hub model.")
+    args = parser.parse_args()
+    if importlib.util.find_spec("gradio") is None:
+        sys.exit('error: the demo needs gradio: pip install -e ".[demo]"')
+    try:
+        serve(args.model, port=args.port, trust_remote_code=args.trust_remote_code, top_k=args.top_k)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
