@@ -94,7 +94,8 @@ def test_cls_attending_to_one_patch_highlights_that_patch():
     maps = compute_attention_maps(HandMadeAttention(attentions), torch.zeros(1, 1, 30, 30))
     rollout = maps.rollout[0]
     row, column = divmod(int(rollout.argmax()), 30)
-    assert 12 <= row < 18 and 18 <= column < 24
+    assert 12 <= row < 18
+    assert 18 <= column < 24
     assert rollout[12:18, 18:24].mean() > 3 * rollout.mean()
     torch.testing.assert_close(maps.block_attentions[0, :, :, 2, 3], torch.ones(3, 3))
 
@@ -110,7 +111,8 @@ def test_attention_figure(tmp_path):
     assert [name for name, _ in labels] == [model.config.id2label[int(i)] for i in indices]
     np.testing.assert_allclose([p for _, p in labels], values.numpy(), rtol=1e-6)
     with Image.open(tmp_path / "figure.png") as png:
-        assert png.format == "PNG" and png.size == (900, 320)
+        assert png.format == "PNG"
+        assert png.size == (900, 320)
 
 
 def garment_mass(model, images: np.ndarray) -> float:

@@ -28,8 +28,12 @@ def test_defaults_are_the_books_fashion_mnist_model():
     assert (config.hidden_size, config.intermediate_size) == (512, 2048)
     assert (config.num_attention_heads, config.num_hidden_layers) == (8, 2)
     assert (config.embedding_dropout_prob, config.block_dropout_prob) == (0.1, 0.1)
-    assert config.qkv_bias is False and config.hidden_act == "gelu" and config.layer_norm_eps == 1e-5
-    assert config.pooling == "cls" and config.init_style == "d2l" and config.position_embedding_std == 1.0
+    assert config.qkv_bias is False
+    assert config.hidden_act == "gelu"
+    assert config.layer_norm_eps == 1e-5
+    assert config.pooling == "cls"
+    assert config.init_style == "d2l"
+    assert config.position_embedding_std == 1.0
     assert config.num_patches == 36
 
 
@@ -37,7 +41,8 @@ def test_id2label_equals_the_hub_classlabel_names():
     config = ViTD2LConfig()
     assert config.num_labels == 10
     assert [config.id2label[i] for i in range(10)] == FASHION_MNIST_LABELS
-    assert FASHION_MNIST_LABELS[0] == "T - shirt / top" and FASHION_MNIST_LABELS[-1] == "Ankle boot"
+    assert FASHION_MNIST_LABELS[0] == "T - shirt / top"
+    assert FASHION_MNIST_LABELS[-1] == "Ankle boot"
     assert config.label2id == {name: i for i, name in enumerate(FASHION_MNIST_LABELS)}
 
 
@@ -112,7 +117,7 @@ def test_bad_config_values_raise_an_error_naming_field_and_value(kwargs, named):
     with pytest.raises(StrictDataclassError, match=named) as info:
         ViTD2LConfig(**kwargs)
     value = next(iter(kwargs.values()))
-    assert repr(value) in str(info.value) or str(value) in str(info.value)
+    assert repr(value) in str(info.value) or str(value) in str(info.value), f"{value!r} not in: {info.value}"
 
 
 @pytest.mark.parametrize(
@@ -151,7 +156,8 @@ def test_unknown_attn_implementation_in_model_constructor_and_from_pretrained(tm
 
 def test_other_label_count_gets_generic_labels():
     config = ViTD2LConfig(num_classes=3)
-    assert config.num_labels == 3 and len(config.id2label) == 3
+    assert config.num_labels == 3
+    assert len(config.id2label) == 3
 
 
 def test_round_trip_through_dict_keeps_everything():

@@ -49,7 +49,8 @@ def test_book_module_to_ours_equal_logits_tiny(use_bias):
     book = book_model(use_bias=use_bias)
     model = from_d2l_state_dict(book.state_dict(), {"num_heads": 4})
     assert not model.training
-    assert model.config.qkv_bias is use_bias and model.config.num_attention_heads == 4
+    assert model.config.qkv_bias is use_bias
+    assert model.config.num_attention_heads == 4
     assert (model.config.image_size, model.config.patch_size, model.config.hidden_size) == (30, 3, 32)
     assert (model.config.intermediate_size, model.config.num_hidden_layers, model.config.num_labels) == (37, 2, 10)
     with torch.no_grad():
@@ -67,7 +68,8 @@ def test_book_config_with_inferred_sizes(use_bias):
     book_defaults = ViTD2LConfig()
     for field in ("image_size", "patch_size", "num_channels", "hidden_size", "intermediate_size", "num_hidden_layers"):
         assert getattr(model.config, field) == getattr(book_defaults, field), field
-    assert model.config.num_attention_heads == 8 and model.config.id2label == book_defaults.id2label
+    assert model.config.num_attention_heads == 8
+    assert model.config.id2label == book_defaults.id2label
     assert model.config.qkv_bias is use_bias
     expected = 6_457_866 + (4 * 2 * 512 if use_bias else 0)
     assert sum(p.numel() for p in model.parameters()) == expected
@@ -80,7 +82,9 @@ def test_other_sizes_channels_and_classes():
     torch.manual_seed(0)
     book = ViT(32, 8, 24, 40, 6, 3, 0.0, 0.0, num_classes=5, num_channels=3).eval()
     model = from_d2l_state_dict(book.state_dict(), {"num_heads": 6})
-    assert model.config.num_channels == 3 and model.config.num_labels == 5 and model.config.num_hidden_layers == 3
+    assert model.config.num_channels == 3
+    assert model.config.num_labels == 5
+    assert model.config.num_hidden_layers == 3
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, book(x), atol=1e-5, rtol=0)
@@ -114,7 +118,8 @@ def test_missing_and_extra_keys_are_listed():
     message = str(info.value)
     for key in ("blks.1.mlp.dense2.bias", "head.0.weight", "extra.thing", "blks.0.attention.W_k.bias"):
         assert key in message, key
-    assert "missing keys" in message and "unexpected keys" in message
+    assert "missing keys" in message
+    assert "unexpected keys" in message
 
 
 def test_shape_mismatch_against_an_explicit_config_is_listed():
@@ -167,14 +172,17 @@ def test_infer_config_kwargs():
 def test_to_transformers_vit_equal_logits_and_zero_output_bias(use_bias):
     model = from_d2l_state_dict(book_model(use_bias=use_bias).state_dict(), {"num_heads": 4})
     stock = to_transformers_vit(model)
-    assert type(stock) is ViTForImageClassification and not stock.training
+    assert type(stock) is ViTForImageClassification
+    assert not stock.training
     assert stock.config.layer_norm_eps == model.config.layer_norm_eps == 1e-5
-    assert stock.config.qkv_bias is use_bias and stock.config.hidden_act == "gelu"
+    assert stock.config.qkv_bias is use_bias
+    assert stock.config.hidden_act == "gelu"
     assert stock.config.id2label == model.config.id2label
     state = stock.state_dict()
     o_biases = [v for k, v in state.items() if k.endswith(("o_proj.bias", "attention.output.dense.bias"))]
     assert len(o_biases) == model.config.num_hidden_layers
-    assert all(bool(torch.count_nonzero(b) == 0) is (not use_bias) for b in o_biases)
+    nonzero = [int(torch.count_nonzero(b)) for b in o_biases]
+    assert all((n == 0) is (not use_bias) for n in nonzero), nonzero
     with torch.no_grad():
         for implementation in ("eager", "sdpa"):
             stock.set_attn_implementation(implementation)
@@ -196,7 +204,8 @@ def test_to_transformers_vit_base_model():
     torch.manual_seed(0)
     base = ViTD2LModel(ViTD2LConfig(image_size=30, patch_size=3, hidden_size=32, num_attention_heads=4)).eval()
     stock = to_transformers_vit(base)
-    assert type(stock) is ViTModel and stock.pooler is None
+    assert type(stock) is ViTModel
+    assert stock.pooler is None
     with torch.no_grad():
         torch.testing.assert_close(
             stock(images()).last_hidden_state, base(images()).last_hidden_state, atol=1e-5, rtol=0
@@ -229,9 +238,11 @@ def test_exported_folder_loads_without_remote_code(tmp_path):
     model = from_d2l_state_dict(book_model().state_dict(), {"num_heads": 4})
     to_transformers_vit(model).save_pretrained(tmp_path)
     names = set(os.listdir(tmp_path))
-    assert "model.safetensors" in names and not [n for n in names if n.endswith(".py")]
+    assert "model.safetensors" in names
+    assert not [n for n in names if n.endswith(".py")]
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["model_type"] == "vit" and "auto_map" not in config
+    assert config["model_type"] == "vit"
+    assert "auto_map" not in config
     loaded = AutoModelForImageClassification.from_pretrained(tmp_path, trust_remote_code=False).eval()
     assert type(loaded) is ViTForImageClassification
     with torch.no_grad():
@@ -254,7 +265,10 @@ def test_load_checkpoint_accepts_raw_and_wrapped_state_dicts(tmp_path, wrap):
     path = tmp_path / "book.pt"
     torch.save(state if wrap is None else {wrap: state, "epoch": 3}, path)
     loaded = load_d2l_checkpoint(path)
-    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) for k in state), [
+        k for k in state if not torch.equal(loaded[k], state[k])
+    ]
 
 
 def test_load_checkpoint_errors(tmp_path):
@@ -299,9 +313,11 @@ def test_convert_script_end_to_end(tmp_path, capsys):
     names = set(os.listdir(out))
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "modeling_vit_d2l.py"} <= names
     model = AutoModelForImageClassification.from_pretrained(out).eval()
-    assert type(model) is ViTD2LForImageClassification and model.config.num_attention_heads == 4
+    assert type(model) is ViTD2LForImageClassification
+    assert model.config.num_attention_heads == 4
     processor = json.loads((out / "preprocessor_config.json").read_text())
-    assert processor["size"] == {"height": 30, "width": 30} and processor["num_channels"] == 1
+    assert processor["size"] == {"height": 30, "width": 30}
+    assert processor["num_channels"] == 1
     with torch.no_grad():
         torch.testing.assert_close(model(images()).logits, book(images()), atol=1e-5, rtol=0)
 

@@ -28,9 +28,12 @@ def test_real_files_checksums_and_shapes(fashion_mnist_dir, fashion_mnist_arrays
     files = D.find_fashion_mnist_files(fashion_mnist_dir)
     assert D.verify_checksums(files) == {p.name: True for pair in files.values() for p in pair}
     (train_x, train_y), (test_x, test_y) = fashion_mnist_arrays["train"], fashion_mnist_arrays["test"]
-    assert train_x.shape == (60_000, 28, 28) and train_x.dtype == np.uint8
-    assert test_x.shape == (10_000, 28, 28) and test_y.shape == (10_000,)
-    assert np.bincount(train_y).tolist() == [6000] * 10 and np.bincount(test_y).tolist() == [1000] * 10
+    assert train_x.shape == (60_000, 28, 28)
+    assert train_x.dtype == np.uint8
+    assert test_x.shape == (10_000, 28, 28)
+    assert test_y.shape == (10_000,)
+    assert np.bincount(train_y).tolist() == [6000] * 10
+    assert np.bincount(test_y).tolist() == [1000] * 10
     assert (int(train_y[0]), int(train_x[0].sum())) == (FIRST_TRAIN_LABEL, FIRST_TRAIN_PIXEL_SUM)
     assert (int(test_y[0]), int(test_x[0].sum())) == (FIRST_TEST_LABEL, FIRST_TEST_PIXEL_SUM)
 
@@ -38,8 +41,11 @@ def test_real_files_checksums_and_shapes(fashion_mnist_dir, fashion_mnist_arrays
 def test_data_cli_check_and_stats(fashion_mnist_dir):
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     check = subprocess.run([sys.executable, "-m", "hf_vit_d2l.data", "check"], capture_output=True, text=True, env=env)
-    assert check.returncode == 0 and all(json.loads(check.stdout).values()) and len(json.loads(check.stdout)) == 4
+    assert check.returncode == 0, check.stderr[-2000:]
+    assert all(json.loads(check.stdout).values()), check.stdout
+    assert len(json.loads(check.stdout)) == 4, check.stdout
     stats = subprocess.run([sys.executable, "-m", "hf_vit_d2l.data", "stats"], capture_output=True, text=True, env=env)
+    assert stats.returncode == 0, stats.stderr[-2000:]
     values = json.loads(stats.stdout)
     assert values["images"] == 60_000
     assert values["mean"] == pytest.approx(D.FASHION_MNIST_MEAN, abs=5e-5)
@@ -61,7 +67,8 @@ def test_local_load_has_the_hub_schema(local_fashion_mnist, fashion_mnist_arrays
         assert dataset[split].features == D.fashion_mnist_features()
         assert dataset[split].features["label"].names == FASHION_MNIST_LABELS
     example = dataset["train"][0]
-    assert example["image"].mode == "L" and example["image"].size == (28, 28)
+    assert example["image"].mode == "L"
+    assert example["image"].size == (28, 28)
     assert example["label"] == FIRST_TRAIN_LABEL
     assert int(np.asarray(example["image"]).sum()) == FIRST_TRAIN_PIXEL_SUM
     # Pixels and labels equal the IDX arrays across the split (spot checks over the whole range).
@@ -70,7 +77,8 @@ def test_local_load_has_the_hub_schema(local_fashion_mnist, fashion_mnist_arrays
         indices = np.linspace(0, len(labels) - 1, 25).astype(int).tolist()
         rows = dataset[split].select(indices)
         assert rows["label"] == labels[indices].tolist()
-        assert all((np.asarray(im) == images[i]).all() for im, i in zip(rows["image"], indices))
+        differing = [i for im, i in zip(rows["image"], indices) if not (np.asarray(im) == images[i]).all()]
+        assert not differing, f"{split} rows whose pixels differ from the IDX file: {differing}"
     assert second < 5.0  # datasets' cache of the conversion
     assert again["test"][0]["label"] == FIRST_TEST_LABEL
 
@@ -81,7 +89,9 @@ def test_auto_uses_local_copy_with_one_log_line(local_fashion_mnist, monkeypatch
         dataset = D.load_fashion_mnist(source="auto")
     assert dict(dataset.num_rows) == {"train": 60_000, "test": 10_000}
     lines = [r.getMessage() for r in caplog.records if r.name == "hf_vit_d2l.data"]
-    assert len(lines) == 1 and "not reachable" in lines[0] and D.DEFAULT_DATA_DIR in lines[0]
+    assert len(lines) == 1, lines
+    assert "not reachable" in lines[0]
+    assert D.DEFAULT_DATA_DIR in lines[0]
 
 
 @pytest.fixture
@@ -163,7 +173,8 @@ def test_missing_data_fails_fast_offline_and_says_how_to_get_it(tmp_path, monkey
         with pytest.raises(D.DataUnavailableError) as info:
             D.load_fashion_mnist(cache_dir=str(tmp_path / "cache"), **kwargs)
         assert time.perf_counter() - start < 10
-        assert "sudo apt-get install dataset-fashion-mnist" in str(info.value) and "--data_dir" in str(info.value)
+        assert "sudo apt-get install dataset-fashion-mnist" in str(info.value)
+        assert "--data_dir" in str(info.value)
     with pytest.raises(D.DataUnavailableError, match="not reachable"):
         D.load_fashion_mnist(cache_dir=str(tmp_path / "cache"))
 
@@ -212,10 +223,12 @@ def test_custom_columns_string_labels_and_validation_split(tiny_parquet_dataset,
     args = D.DataArguments(dataset_name=str(tmp_path), image_column_name="img", label_column_name="target")
     loaded, description = D.load_image_classification_dataset(args)
     assert description == str(tmp_path)
-    assert list(loaded) == ["train", "test"] and dict(loaded.num_rows) == {"train": 100, "test": 20}
+    assert list(loaded) == ["train", "test"]
+    assert dict(loaded.num_rows) == {"train": 100, "test": 20}
     assert loaded["train"].column_names == ["image", "label"]
     label = loaded["train"].features["label"]
-    assert isinstance(label, ClassLabel) and label.names == sorted(set(custom["target"]))
+    assert isinstance(label, ClassLabel)
+    assert label.names == sorted(set(custom["target"]))
     assert [label.names[i] for i in loaded["test"]["label"]] == custom["target"][100:]
 
 
@@ -230,7 +243,8 @@ def test_image_folders(fashion_mnist_arrays, tmp_path):
     loaded, _ = D.load_image_classification_dataset(args)
     assert dict(loaded.num_rows) == {"train": 40, "test": 20}
     names = loaded["train"].features["label"].names
-    assert "Ankleboot" in names and loaded["train"][0]["image"].size == (28, 28)
+    assert "Ankleboot" in names
+    assert loaded["train"][0]["image"].size == (28, 28)
     with pytest.raises(D.DataUnavailableError, match="no such folder"):
         D.load_image_classification_dataset(D.DataArguments(train_dir=str(tmp_path / "nope")))
     with pytest.raises(ValueError, match=r"Cannot hold out 0.15 of 40 .*\(--validation_dir"):  # 6 for 10 classes
@@ -265,10 +279,13 @@ def test_collator_equals_the_image_processor(examples):
     processor = ViTD2LImageProcessor()
     batch = D.ImageClassificationCollator(processor)(examples)
     expected = processor([e["image"] for e in examples], return_tensors="pt")["pixel_values"]
-    assert batch["pixel_values"].shape == (64, 1, 96, 96) and batch["pixel_values"].dtype == torch.float32
+    assert batch["pixel_values"].shape == (64, 1, 96, 96)
+    assert batch["pixel_values"].dtype == torch.float32
     assert torch.equal(batch["pixel_values"], expected)
-    assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [e["label"] for e in examples]
-    assert batch["pixel_values"].min() >= 0.0 and batch["pixel_values"].max() <= 1.0
+    assert batch["labels"].dtype == torch.long
+    assert batch["labels"].tolist() == [e["label"] for e in examples]
+    assert batch["pixel_values"].min() >= 0.0
+    assert batch["pixel_values"].max() <= 1.0
 
 
 @pytest.mark.parametrize(
@@ -284,7 +301,8 @@ def test_tensor_backend_within_one_level_of_pil(examples, kwargs):
     processor = ViTD2LImageProcessor(**kwargs)
     pil = D.ImageClassificationCollator(processor)(examples)["pixel_values"]
     fast = D.ImageClassificationCollator(processor, backend="tensor")(examples)["pixel_values"]
-    assert fast.shape == pil.shape and fast.dtype == pil.dtype
+    assert fast.shape == pil.shape
+    assert fast.dtype == pil.dtype
     scale = 255.0 * (D.FASHION_MNIST_STD if kwargs.get("do_normalize") else 1.0)
     assert (fast - pil).abs().max().item() * scale <= 1.0 + 1e-4
     assert (fast != pil).float().mean().item() < 0.2
@@ -305,7 +323,9 @@ def test_preloaded_rows_give_the_same_batches(tiny_parquet_dataset, backend, kwa
     dataset = load_dataset("parquet", data_files={"train": tiny_parquet_dataset["train"]})["train"].select(range(64))
     collator = D.ImageClassificationCollator(ViTD2LImageProcessor(**kwargs), backend=backend)
     preloaded = D.PreloadedImageDataset(dataset, collator.transform)
-    assert len(preloaded) == 64 and preloaded.images.shape == (64, 28, 28) and preloaded.images.dtype == np.uint8
+    assert len(preloaded) == 64
+    assert preloaded.images.shape == (64, 28, 28)
+    assert preloaded.images.dtype == np.uint8
     rows = preloaded.__getitems__(list(range(64)))
     expected = collator([dataset[i] for i in range(64)])
     assert torch.equal(torch.stack([r["pixel_values"] for r in rows]), expected["pixel_values"])
@@ -318,7 +338,8 @@ def test_set_transform_gives_the_collator_batches(tiny_parquet_dataset):
     collator = D.ImageClassificationCollator(ViTD2LImageProcessor(size={"height": 32, "width": 32}))
     expected = collator([dataset[i] for i in range(8)])
     dataset.set_transform(collator.transform)
-    assert dataset[0]["pixel_values"].shape == (1, 32, 32) and int(dataset[0]["labels"]) == expected["labels"][0]
+    assert dataset[0]["pixel_values"].shape == (1, 32, 32)
+    assert int(dataset[0]["labels"]) == expected["labels"][0]
     assert torch.equal(dataset[:8]["pixel_values"], expected["pixel_values"])
 
 
@@ -352,8 +373,11 @@ def test_improved_augmentation_draws_from_the_seeded_global_rng(examples):
     torch.manual_seed(0)
     again = augmenting(examples)["pixel_values"]
     other = augmenting(examples)["pixel_values"]
-    assert first.shape == clean.shape and first.dtype == torch.float32
-    assert torch.equal(first, again) and not torch.equal(first, other) and not torch.equal(first, clean)
+    assert first.shape == clean.shape
+    assert first.dtype == torch.float32
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert not torch.equal(first, clean)
 
 
 def test_each_augmentation_does_what_it_says(examples):
@@ -367,18 +391,21 @@ def test_each_augmentation_does_what_it_says(examples):
     padded = torch.nn.functional.pad(clean, (2, 2, 2, 2))
     shifts = [(dy, dx) for dy in range(5) for dx in range(5)]
     for out, src in zip(cropped, padded):  # each output is one 28x28 window of the zero-padded input
-        assert any(torch.equal(out, src[:, dy : dy + 28, dx : dx + 28]) for dy, dx in shifts)
+        assert any(torch.equal(out, src[:, dy : dy + 28, dx : dx + 28]) for dy, dx in shifts), "not a 28x28 window"
     assert sum(not torch.equal(a, b) for a, b in zip(cropped, clean)) > 40
     erase = D.ImageClassificationCollator(processor, True, crop_padding=0, flip_prob=0.0, erasing_prob=1.0)
     erased = erase.augment_batch(torch.ones_like(clean))
     zero_fraction = (erased == 0).float().mean(dim=(1, 2, 3))
-    assert (zero_fraction >= 0.015).all() and (zero_fraction <= 0.34).all()
+    assert (zero_fraction >= 0.015).all()
+    assert (zero_fraction <= 0.34).all()
     # with normalisation, the crop pads with the value of black, not with 0
     normalised = ViTD2LImageProcessor(do_normalize=True, image_mean=[0.286], image_std=[0.353])
     pad_only = D.ImageClassificationCollator(normalised, True, crop_padding=4, flip_prob=0.0, erasing_prob=0.0)
     out = pad_only.augment_batch(torch.full((8, 1, 28, 28), 5.0))
     values = torch.unique(out)
-    assert len(values) == 2 and values[1] == 5.0 and values[0].item() == pytest.approx(-0.286 / 0.353)
+    assert len(values) == 2
+    assert values[1] == 5.0
+    assert values[0].item() == pytest.approx(-0.286 / 0.353)
 
 
 def test_too_small_for_a_stratified_hold_out_says_what_to_do():
@@ -392,4 +419,5 @@ def test_too_small_for_a_stratified_hold_out_says_what_to_do():
     ):
         D.train_validation_split(dataset, validation_size=0.15)
     parts = D.train_validation_split(dataset, validation_size=2)
-    assert sorted(parts["validation"]["label"]) == [0, 1] and len(parts["train"]) == 2
+    assert sorted(parts["validation"]["label"]) == [0, 1]
+    assert len(parts["train"]) == 2

@@ -54,7 +54,8 @@ def test_images(fashion_mnist_arrays, tmp_path_factory):
     rgba = np.dstack([np.repeat(images[1][..., None], 3, -1), np.where(images[1] > 0, 255, 64).astype(np.uint8)])
     Image.fromarray(rgba, mode="RGBA").save(paths["rgba"])
     Image.fromarray(images[2].astype(np.uint16) * 257).save(paths["16bit"])
-    assert Image.open(paths["16bit"]).mode.startswith("I;16") or Image.open(paths["16bit"]).mode == "I"
+    mode = Image.open(paths["16bit"]).mode
+    assert mode.startswith("I;16") or mode == "I", mode
     return paths
 
 
@@ -106,7 +107,8 @@ def test_classify_shows_the_model_input():
     processor = ViTD2LImageProcessor(size={"height": 28, "width": 28})
     image = Image.fromarray(np.tile(np.arange(28, dtype=np.uint8) * 9, (28, 1)), mode="L")
     scores, seen, overlay, note = classify(image, model, processor, top_k=10)
-    assert len(scores) == 10 and abs(sum(scores.values()) - 1) < 1e-5
+    assert len(scores) == 10
+    assert abs(sum(scores.values()) - 1) < 1e-5
     # Each of the 28 input columns becomes a 10-pixel-wide column of the shown 280x280 image, unblurred.
     shown = np.asarray(seen.convert("L"))
     np.testing.assert_array_equal(shown[::10, ::10], np.asarray(image))
@@ -187,7 +189,8 @@ def test_demo_in_headless_chromium(server, test_images, tmp_path):
     finally:
         browser.quit()
     with Image.open(tmp_path / "demo.png") as screenshot:
-        assert screenshot.format == "PNG" and screenshot.size[0] >= 1000
+        assert screenshot.format == "PNG"
+        assert screenshot.size[0] >= 1000
 
 
 def run_demo_script(*args):
@@ -198,7 +201,7 @@ def run_demo_script(*args):
 
 def test_demo_script_says_what_is_wrong_with_a_model_folder(model_folder, tmp_path):
     missing = run_demo_script("--model", str(tmp_path / "no-such-model"))
-    assert missing.returncode == 1
+    assert missing.returncode == 1, missing.stderr[-2000:]
     assert missing.stderr.strip() == (
         f"error: {tmp_path / 'no-such-model'}: no such folder. Pass a folder saved by scripts/train.py or a Hub id "
         "(USER/NAME)."
@@ -207,7 +210,8 @@ def test_demo_script_says_what_is_wrong_with_a_model_folder(model_folder, tmp_pa
     shutil.copytree(model_folder, damaged)
     (damaged / "model.safetensors").write_bytes((damaged / "model.safetensors").read_bytes()[:100])
     result = run_demo_script("--model", str(damaged))
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: Could not load a model from {damaged}")
 
 
@@ -260,12 +264,17 @@ def test_space_folder_runs_without_the_package(model_folder, test_images, tmp_pa
     space = tmp_path / "space"
     write_space_folder(str(space), "someone/vit-d2l-quick", "0123abcd")
     app = (space / "app.py").read_text()
-    assert "'someone/vit-d2l-quick'" in app and "'0123abcd'" in app and "trust_remote_code=True" in app
+    assert "'someone/vit-d2l-quick'" in app
+    assert "'0123abcd'" in app
+    assert "trust_remote_code=True" in app
     metadata = metadata_load(space / "README.md")
-    assert metadata["sdk"] == "gradio" and metadata["sdk_version"] == gr.__version__
-    assert metadata["app_file"] == "app.py" and metadata["models"] == ["someone/vit-d2l-quick"]
+    assert metadata["sdk"] == "gradio"
+    assert metadata["sdk_version"] == gr.__version__
+    assert metadata["app_file"] == "app.py"
+    assert metadata["models"] == ["someone/vit-d2l-quick"]
     requirements = (space / "requirements.txt").read_text().split()
-    assert f"gradio=={gr.__version__}" in requirements and "torch" in requirements
+    assert f"gradio=={gr.__version__}" in requirements
+    assert "torch" in requirements
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env.update(
@@ -276,9 +285,11 @@ def test_space_folder_runs_without_the_package(model_folder, test_images, tmp_pa
     proc = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(output.read_text())
-    assert result["blocks"] == "Blocks" and result["package_imported"] is False
+    assert result["blocks"] == "Blocks"
+    assert result["package_imported"] is False
     assert result["model_module"].startswith("transformers_modules.")
-    assert len(result["examples"]) == 10 and all(name.startswith("examples/") for name in result["examples"])
+    assert len(result["examples"]) == 10
+    assert all(name.startswith("examples/") for name in result["examples"]), result["examples"]
     model, processor = load_model(model_folder)
     expected, _, _, _ = classify(test_images["gray"], model, processor, top_k=10)
     assert result["scores"].keys() == expected.keys()
@@ -304,5 +315,7 @@ def test_push_to_hub_dry_run_writes_the_space_folder(model_folder, tmp_path):
     space = tmp_path / "upload-space"
     assert f"wrote the Space folder to {space}" in result.stdout
     app = (space / "app.py").read_text()
-    assert "'someone/vit-d2l'" in app and "'main'" in app and "trust_remote_code=True" in app
+    assert "'someone/vit-d2l'" in app
+    assert "'main'" in app
+    assert "trust_remote_code=True" in app
     assert {"demo.py", "attention_maps.py", "requirements.txt", "README.md"} <= {p.name for p in space.iterdir()}

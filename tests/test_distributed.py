@@ -231,7 +231,8 @@ def two_machine_run(tmp_path_factory):
 def test_two_machines_on_loopback(two_machine_run, fashion_mnist_arrays):
     out, dump = two_machine_run
     ranks = [json.loads((dump / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [r["world_size"] for r in ranks] == [2, 2] and {r["backend"] for r in ranks} == {"gloo"}
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert {r["backend"] for r in ranks} == {"gloo"}
     # The documented global batch: 128 per optimizer step, 64 on each process; 512 images make 4 steps.
     assert [r["per_device_train_batch_size"] for r in ranks] == [64, 64]
     assert [r["global_step"] for r in ranks] == [4, 4]
@@ -240,9 +241,12 @@ def test_two_machines_on_loopback(two_machine_run, fashion_mnist_arrays):
 
     weights = [torch.load(dump / f"rank{r}.pt") for r in (0, 1)]
     assert weights[0].keys() == weights[1].keys()
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # bit for bit on both machines
+    differing = [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]
+    assert not differing, f"weights that differ between the machines: {differing}"  # bit for bit on both
     saved = load_file(out / "model.safetensors")
-    assert saved.keys() == weights[0].keys() and all(torch.equal(saved[k], weights[0][k]) for k in saved)
+    assert saved.keys() == weights[0].keys()
+    differing = [k for k in saved if not torch.equal(saved[k], weights[0][k])]
+    assert not differing, f"saved weights that differ from rank 0's: {differing}"
     # One saved model, written by rank 0 only; the checkpoint holds both ranks' RNG states for an exact resume.
     assert [p.relative_to(out).as_posix() for p in out.rglob("*.safetensors")] in (
         ["model.safetensors", "checkpoint-4/model.safetensors"],
@@ -417,7 +421,8 @@ def test_fsdp2_on_cpu_shards_per_layer_and_trains_like_one_process(fsdp_run):
     out, batch = fsdp_run
     probe = json.loads((out / "probe.json").read_text())
     assert (probe["backend"], probe["world"], probe["fsdp_version"]) == ("gloo", 2, 2)
-    assert probe["state_dict_type"] == "FULL_STATE_DICT" and probe["wrap"] == "transformer_auto_wrap_policy"
+    assert probe["state_dict_type"] == "FULL_STATE_DICT"
+    assert probe["wrap"] == "transformer_auto_wrap_policy"
     # The wrap units come from the model's _no_split_modules (the YAML names no classes): embeddings + each layer.
     assert probe["units"] == ["vit_d2l.embeddings", "vit_d2l.encoder.layer.0", "vit_d2l.encoder.layer.1"]
     assert probe["sharded"] == "DTensor"
@@ -469,7 +474,9 @@ def test_fsdp2_weights_saved_from_a_plain_model_have_the_remote_code_of_a_ddp_sa
     assert json.loads((plain / "config.json").read_text())["auto_map"] == AUTO_MAP
     assert sorted(p.name for p in plain.glob("*.py")) == ["configuration_vit_d2l.py", "modeling_vit_d2l.py"]
     a, b = load_file(out / "model.safetensors"), load_file(plain / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys()
+    differing = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differing, f"weights that differ between the two saves: {differing}"
 
 
 # ---------------------------------------------------------------------------------------------------------------

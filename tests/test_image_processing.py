@@ -44,7 +44,9 @@ def processor():
 
 def test_defaults(processor):
     assert processor.size == {"height": 96, "width": 96}
-    assert processor.do_resize and processor.do_rescale and not processor.do_normalize
+    assert processor.do_resize
+    assert processor.do_rescale
+    assert not processor.do_normalize
     assert processor.num_channels == 1
     assert processor.resample == Image.Resampling.BILINEAR
 
@@ -52,8 +54,11 @@ def test_defaults(processor):
 def test_equals_the_book_transform_on_real_fashion_mnist(processor, fashion_images):
     images = [Image.fromarray(a, mode="L") for a in fashion_images]
     out = processor(images, return_tensors="pt").pixel_values
-    assert out.shape == (8, 1, 96, 96) and out.dtype == torch.float32
-    assert out.min().item() >= 0.0 and out.max().item() <= 1.0 and out.max().item() > 0.5
+    assert out.shape == (8, 1, 96, 96)
+    assert out.dtype == torch.float32
+    assert out.min().item() >= 0.0
+    assert out.max().item() <= 1.0
+    assert out.max().item() > 0.5
     expected = np.stack([book_transform(a) for a in fashion_images])
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-6, rtol=0)
 
@@ -123,6 +128,7 @@ def test_pipeline_and_processor_give_the_same_probabilities(mode):
     results = classify(image, top_k=10)
     with torch.no_grad():
         probs = model(**processor(image, return_tensors="pt")).logits.softmax(-1)[0]
+    assert len(results) == 10, results
     for result in results:
         assert abs(result["score"] - probs[model.config.label2id[result["label"]]].item()) < 1e-6, result
 
@@ -156,7 +162,8 @@ def test_transparency_rgba_pil_drops_alpha_rgba_array_composites_on_black(proces
     out = processor(Image.fromarray(rgba, mode="RGBA"), return_tensors="pt").pixel_values[0, 0]
     assert out.min().item() == pytest.approx(1.0)  # PIL: as `pipeline`, the alpha channel is dropped
     out_array = processor(rgba, return_tensors="pt").pixel_values[0, 0]  # arrays: composited on black
-    assert out_array[:40].min().item() == pytest.approx(1.0) and out_array[56:].max().item() == 0.0
+    assert out_array[:40].min().item() == pytest.approx(1.0)
+    assert out_array[56:].max().item() == 0.0
 
 
 def test_rgb_is_converted_with_pil_luma(processor):
@@ -256,7 +263,8 @@ def test_save_and_auto_image_processor_resolve_to_our_class(tmp_path, fashion_im
     ViTD2LImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
     stored = json.loads((tmp_path / "preprocessor_config.json").read_text())
     assert stored["image_processor_type"] == "ViTD2LImageProcessor"
-    assert stored["num_channels"] == 1 and stored["do_normalize"] is False
+    assert stored["num_channels"] == 1
+    assert stored["do_normalize"] is False
     loaded = AutoImageProcessor.from_pretrained(tmp_path)
     assert type(loaded) is ViTD2LImageProcessor
     assert loaded.size == {"height": 32, "width": 32}
@@ -271,7 +279,8 @@ def test_processor_output_feeds_the_model(processor, fashion_images):
     ).eval()
     with torch.no_grad():
         logits = model(**processor(list(fashion_images[:3]), return_tensors="pt")).logits
-    assert logits.shape == (3, 10) and torch.isfinite(logits).all()
+    assert logits.shape == (3, 10)
+    assert torch.isfinite(logits).all()
 
 
 def test_process_image_called_directly_handles_every_layout(processor, fashion_images):
@@ -279,5 +288,6 @@ def test_process_image_called_directly_handles_every_layout(processor, fashion_i
     a = fashion_images[0]
     for image in (a, a[..., None], a[None], torch.from_numpy(a), Image.fromarray(a).convert("RGBA")):
         out = processor.process_image(image)
-        assert out.shape == (1, 28, 28) and out.dtype == np.uint8
+        assert out.shape == (1, 28, 28)
+        assert out.dtype == np.uint8
         np.testing.assert_array_equal(out[0], a)

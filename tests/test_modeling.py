@@ -72,10 +72,11 @@ def test_base_model_output_shapes():
     assert out.last_hidden_state.shape == (tester.batch_size, tester.seq_length, tester.hidden_size)
     assert out.pooler_output.shape == (tester.batch_size, tester.hidden_size)
     assert len(out.hidden_states) == tester.num_hidden_layers + 1
-    assert all(h.shape == (tester.batch_size, tester.seq_length, tester.hidden_size) for h in out.hidden_states)
+    shapes = [h.shape for h in out.hidden_states]
+    assert all(shape == (tester.batch_size, tester.seq_length, tester.hidden_size) for shape in shapes), shapes
     assert len(out.attentions) == tester.num_hidden_layers
     expected = (tester.batch_size, tester.num_attention_heads, tester.seq_length, tester.seq_length)
-    assert all(a.shape == expected for a in out.attentions)
+    assert all(a.shape == expected for a in out.attentions), [a.shape for a in out.attentions]
     assert torch.allclose(out.attentions[0].sum(-1), torch.ones(expected[:-1]), atol=1e-5)  # softmax rows
     # pooler_output is the <cls> vector after the head LayerNorm.
     torch.testing.assert_close(out.pooler_output, out.last_hidden_state[:, 0])
@@ -87,7 +88,9 @@ def test_classifier_output_shapes_and_defaults():
         out = model(tester.pixel_values())
     assert isinstance(out, ImageClassifierOutput)
     assert out.logits.shape == (tester.batch_size, tester.num_labels)
-    assert out.loss is None and out.hidden_states is None and out.attentions is None
+    assert out.loss is None
+    assert out.hidden_states is None
+    assert out.attentions is None
 
 
 def test_return_dict_false_gives_tuples():
@@ -100,13 +103,18 @@ def test_return_dict_false_gives_tuples():
         )
         plain = model(pixel_values, return_dict=False)
         base = model.vit_d2l(pixel_values, return_dict=False)
-    assert isinstance(as_tuple, tuple) and len(as_tuple) == 4
+    assert isinstance(as_tuple, tuple)
+    assert len(as_tuple) == 4
     torch.testing.assert_close(as_tuple[0], as_dict.loss)
     torch.testing.assert_close(as_tuple[1], as_dict.logits)
-    assert len(as_tuple[2]) == tester.num_hidden_layers + 1 and len(as_tuple[3]) == tester.num_hidden_layers
-    assert isinstance(plain, tuple) and len(plain) == 1
+    assert len(as_tuple[2]) == tester.num_hidden_layers + 1
+    assert len(as_tuple[3]) == tester.num_hidden_layers
+    assert isinstance(plain, tuple)
+    assert len(plain) == 1
     torch.testing.assert_close(plain[0], as_dict.logits)
-    assert isinstance(base, tuple) and len(base) == 2 and base[1].shape == (tester.batch_size, tester.hidden_size)
+    assert isinstance(base, tuple)
+    assert len(base) == 2
+    assert base[1].shape == (tester.batch_size, tester.hidden_size)
 
 
 def test_get_input_embeddings_is_the_patch_embedding():
@@ -147,7 +155,8 @@ def test_eager_and_sdpa_agree(qkv_bias):
     eager = make(attn_implementation="eager", qkv_bias=qkv_bias)
     sdpa = make(attn_implementation="sdpa", qkv_bias=qkv_bias)
     sdpa.load_state_dict(eager.state_dict())
-    assert eager.config._attn_implementation == "eager" and sdpa.config._attn_implementation == "sdpa"
+    assert eager.config._attn_implementation == "eager"
+    assert sdpa.config._attn_implementation == "sdpa"
     pixel_values = tester.pixel_values()
     with torch.no_grad():
         out_eager = eager(pixel_values, output_hidden_states=True)
@@ -183,7 +192,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
             with warnings.catch_warnings():  # deprecated for activation_checkpointing_enable in later 5.x releases
                 warnings.simplefilter("ignore", FutureWarning)
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            assert all(layer.gradient_checkpointing for layer in model.vit_d2l.encoder.layer)
+            flags = [layer.gradient_checkpointing for layer in model.vit_d2l.encoder.layer]
+            assert all(flags), flags
         out = model(tester.pixel_values(), labels=tester.labels())
         out.loss.backward()
         return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -256,7 +266,8 @@ def test_bad_pixel_values_raise_value_error_with_expected_and_got(shape, expecte
     model = make()
     with pytest.raises(ValueError) as info:
         model(torch.rand(shape))
-    assert expected in str(info.value) and got in str(info.value)
+    assert expected in str(info.value)
+    assert got in str(info.value)
 
 
 def test_missing_or_non_tensor_pixel_values():
@@ -277,7 +288,8 @@ def test_save_load_round_trip_identical_logits(tmp_path):
         before = model(pixel_values).logits
     model.save_pretrained(tmp_path)
     names = {p.name for p in tmp_path.iterdir()}
-    assert "model.safetensors" in names and "config.json" in names
+    assert "model.safetensors" in names
+    assert "config.json" in names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pkl"))]
     # Loading twice with different global seeds: any re-initialisation of loaded weights would show.
     for seed in (0, 1):
@@ -285,7 +297,7 @@ def test_save_load_round_trip_identical_logits(tmp_path):
         reloaded = ViTD2LForImageClassification.from_pretrained(tmp_path).eval()
         with torch.no_grad():
             torch.testing.assert_close(reloaded(pixel_values).logits, before, rtol=0, atol=0)
-    for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
+    for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
 
@@ -294,7 +306,7 @@ def test_save_twice_into_the_same_folder_overwrites(tmp_path):
     second = make(seed=2)
     second.save_pretrained(tmp_path)
     reloaded = ViTD2LForImageClassification.from_pretrained(tmp_path)
-    for (name, a), (_, b) in zip(second.state_dict().items(), reloaded.state_dict().items()):
+    for (name, a), (_, b) in zip(second.state_dict().items(), reloaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
 
@@ -330,9 +342,10 @@ def test_d2l_init_cls_zero_and_position_embedding_std_one():
     assert torch.count_nonzero(embeddings.cls_token) == 0
     std = embeddings.position_embeddings.std().item()
     assert abs(std - 1.0) < 0.03, std  # 37 * 512 draws of randn
-    for module in model.modules():
+    for name, module in model.named_modules():
         if isinstance(module, nn.LayerNorm):
-            assert torch.all(module.weight == 1) and torch.all(module.bias == 0)
+            assert torch.all(module.weight == 1), name
+            assert torch.all(module.bias == 0), name
 
 
 def test_hf_init_style():
@@ -369,7 +382,8 @@ def test_d2l_init_statistics_match_the_book_module():
         a, b = ours[our_name], book[book_name]
         assert a.shape == b.shape, our_name
         if a.numel() < 256:  # too few draws for a 5% std comparison: check the Uniform(-1/sqrt(fan_in), ..) bound
-            assert a.abs().max().item() <= 1 / math.sqrt(512) and a.std().item() > 0.25 / math.sqrt(512), our_name
+            assert a.abs().max().item() <= 1 / math.sqrt(512), (our_name, a.abs().max().item())
+            assert a.std().item() > 0.25 / math.sqrt(512), (our_name, a.std().item())
             continue
         assert math.isclose(a.std().item(), b.std().item(), rel_tol=0.05), (our_name, a.std().item(), b.std().item())
         assert abs(a.mean().item()) < 4 * b.std().item() / math.sqrt(b.numel()) + 1e-3, our_name
@@ -409,7 +423,7 @@ def test_drop_path_rate():
         model.train()
         torch.manual_seed(0)
         trained = [model(pixel_values).logits for _ in range(4)]
-    assert any(not torch.allclose(trained[0], t) for t in trained[1:])
+    assert any(not torch.allclose(trained[0], t) for t in trained[1:]), "drop path changed no training pass"
     # Per-sample: a dropped residual branch is all-or-nothing for each sample, and survivors are scaled by 1/keep.
     drop = model.vit_d2l.encoder.layer[1].drop_path
     torch.manual_seed(0)

@@ -76,7 +76,8 @@ def test_every_mode_and_size_gets_a_prediction_equal_to_the_model(model_folder, 
     assert [r.path for r in results] == files
     for result in results:
         assert result.error is None
-        assert len(result.labels) == 3 and set(result.labels) <= set(FASHION_MNIST_LABELS)
+        assert len(result.labels) == 3
+        assert set(result.labels) <= set(FASHION_MNIST_LABELS)
         assert result.scores == sorted(result.scores, reverse=True)
         with Image.open(result.path) as image:
             reference = _reference_probs(model_folder, image.copy())
@@ -92,7 +93,8 @@ def test_batching_does_not_change_results(model_folder, images):
     one = list(predict_files(files, model, processor, top_k=10, batch_size=1, progress=False))
     many = list(predict_files(files, model, processor, top_k=10, batch_size=64, progress=False))
     for a, b in zip(one, many, strict=True):
-        assert a.labels == b.labels and a.scores == pytest.approx(b.scores, abs=1e-6)
+        assert a.labels == b.labels
+        assert a.scores == pytest.approx(b.scores, abs=1e-6)
 
 
 def test_collect_walks_folders_recursively_and_skips_non_images(images, tmp_path):
@@ -125,7 +127,9 @@ def test_cli_json_with_corrupt_file_and_folder(model_folder, images, tmp_path, c
     for path in made.values():
         predictions = by_file[path]["predictions"]
         assert len(predictions) == 2
-        assert all(p["label"] in FASHION_MNIST_LABELS and 0 < p["score"] <= 1 for p in predictions)
+        for prediction in predictions:
+            assert prediction["label"] in FASHION_MNIST_LABELS, prediction
+            assert 0 < prediction["score"] <= 1, prediction
 
 
 def test_cli_text_output_and_top_k(model_folder, images, capsys):
@@ -214,14 +218,16 @@ def test_one_bad_file_never_stops_the_run(model_folder, images, tmp_path, capsys
     code = main([str(bomb), str(not_image), str(locked), made["gray.png"], "--model", model_folder, "--no_progress"])
     out, err = capsys.readouterr()
     assert code == 1
-    assert out.startswith(made["gray.png"] + ": ") and out.count("\n") == 1  # the good file is classified
+    assert out.startswith(made["gray.png"] + ": ")  # the good file is classified
+    assert out.count("\n") == 1
     lines = {line.split(": ERROR ")[0]: line for line in err.splitlines() if ": ERROR " in line}
     limit = 2 * Image.MAX_IMAGE_PIXELS
     assert f"decompression-bomb limit of {limit:,} pixels" in lines[str(bomb)]
     assert "--max_image_pixels" in lines[str(bomb)]
     assert "not an image file" in lines[str(not_image)]
     assert "permission denied" in lines[str(locked)]
-    assert "3 of 4 inputs failed." in err and "Traceback" not in err
+    assert "3 of 4 inputs failed." in err
+    assert "Traceback" not in err
 
     # Raising the limit lets PIL past the guard; this file then fails for what it is: no pixel data.
     assert main([str(bomb), "--model", model_folder, "--max_image_pixels", str(14_000**2)]) == 1
@@ -243,7 +249,9 @@ def test_rgba_and_16_bit_images_get_one_note_and_the_processors_answer(model_fol
     from transformers import pipeline
 
     classifier = pipeline("image-classification", model=model_folder)
-    for entry in json.loads(out):
+    entries = json.loads(out)
+    assert len(entries) == 3, out
+    for entry in entries:
         with Image.open(entry["file"]) as image:
             reference = _reference_probs(model_folder, image.copy())  # the processor, called with the PIL image
             by_pipeline = {p["label"]: p["score"] for p in classifier(image.copy(), top_k=10)}
@@ -299,7 +307,9 @@ def test_broken_model_folders_get_one_line(model_folder, images, tmp_path, capsy
         folder = tmp_path / "outputs" / "never_trained"
     assert main([made["gray.png"], "--model", str(folder)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+    assert err.count("\n") == 1
+    assert err.startswith("error: ")
+    assert message in err
     assert str(folder) in err
     with pytest.raises(ModelLoadError, match=message):
         load_model_and_processor(folder)
@@ -320,6 +330,8 @@ def test_attention_maps_writes_one_figure_per_classified_image(model_folder, ima
     argv = [made["gray.png"], made["rgba.png"], str(broken), "--model", model_folder, "--no_progress"]
     assert main([*argv, "--attention_maps", str(maps)]) == 1  # the broken file fails alone
     figures = sorted(p.name for p in maps.iterdir())
-    assert len(figures) == 2 and all(name.endswith(".png") for name in figures)
+    assert len(figures) == 2
+    assert all(name.endswith(".png") for name in figures), figures
     assert {name.split("-", 1)[1] for name in figures} == {"gray.png", "rgba.png"}
-    assert all(Image.open(maps / name).size[0] > 300 for name in figures)
+    widths = {name: Image.open(maps / name).size[0] for name in figures}
+    assert all(width > 300 for width in widths.values()), widths

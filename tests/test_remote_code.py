@@ -77,7 +77,9 @@ def test_auto_classes_resolve_after_import(tmp_path):
 def test_saved_folder_contents(saved_folder):
     folder, *_ = saved_folder
     names = set(os.listdir(folder))
-    assert "model.safetensors" in names and "config.json" in names and "preprocessor_config.json" in names
+    assert "model.safetensors" in names
+    assert "config.json" in names
+    assert "preprocessor_config.json" in names
     assert names >= CODE_FILES
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle"))], names
     config = json.loads((folder / "config.json").read_text())
@@ -97,7 +99,8 @@ def test_saved_folder_contents(saved_folder):
                 roots = {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom):
                 if node.level:  # relative: only siblings that are shipped too
-                    assert node.level == 1 and f"{node.module}.py" in CODE_FILES, (name, node.module)
+                    assert node.level == 1, (name, node.level, node.module)
+                    assert f"{node.module}.py" in CODE_FILES, (name, node.module)
                     continue
                 roots = {node.module.split(".")[0]}
             else:
@@ -116,9 +119,11 @@ def test_in_process_pipeline_returns_fashion_mnist_labels(saved_folder):
     classify = pipeline("image-classification", model=str(folder), device="cpu")
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8), mode="L")
     results = classify(image, top_k=10)
-    assert [r["label"] for r in results] != [] and {r["label"] for r in results} == set(FASHION_MNIST_LABELS)
+    assert [r["label"] for r in results] != []
+    assert {r["label"] for r in results} == set(FASHION_MNIST_LABELS)
     scores = [r["score"] for r in results]
-    assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1) < 1e-4
+    assert scores == sorted(scores, reverse=True)
+    assert abs(sum(scores) - 1) < 1e-4
     # The pipeline's top score equals the model's softmax on the processor's output.
     processor = ViTD2LImageProcessor(size={"height": 30, "width": 30})
     with torch.no_grad():
@@ -204,8 +209,9 @@ def run_without_the_package(folder, pixel_values, tmp_path):
     assert result["classes"] == ["ViTD2LForImageClassification", "ViTD2LModel", "ViTD2LImageProcessor"]
     assert all(module.startswith("transformers_modules.") for module in result["loaded_from"]), result
     labels = [r["label"] for r in result["pipeline"]]
-    assert len(labels) == 3 and set(labels) <= set(FASHION_MNIST_LABELS)
-    assert all(0 <= r["score"] <= 1 for r in result["pipeline"])
+    assert len(labels) == 3
+    assert set(labels) <= set(FASHION_MNIST_LABELS)
+    assert all(0 <= r["score"] <= 1 for r in result["pipeline"]), result["pipeline"]
     return result, torch.load(str(output) + ".pt", weights_only=True)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import TrainingArguments
 
 from hf_vit_d2l import training
 from hf_vit_d2l.data import DataArguments, load_splits
@@ -91,31 +92,52 @@ def _run_in_process(argv, capsys):
 
 def test_book_recipe_is_the_default(tmp_path):
     model_args, data_args, run_args, args, explicit = parse_args(["--output_dir", str(tmp_path)])
-    assert run_args.recipe == "book" and explicit == {"output_dir"} and model_args.preset == "vit_d2l_fashion_mnist"
-    assert args.optim.value == "sgd" and args.learning_rate == 0.1 and args.weight_decay == 0.0
+    assert run_args.recipe == "book"
+    assert explicit == {"output_dir"}
+    assert model_args.preset == "vit_d2l_fashion_mnist"
+    assert args.optim.value == "sgd"
+    assert args.learning_rate == 0.1
+    assert args.weight_decay == 0.0
     assert args.optim_args is None  # no momentum
-    assert args.lr_scheduler_type.value == "constant" and args.warmup_steps == 0
-    assert args.num_train_epochs == 10 and args.max_grad_norm == 0.0 and args.label_smoothing_factor == 0.0
-    assert args.eval_strategy.value == "epoch" and args.save_strategy.value == "epoch"
-    assert args.seed == 42 and args.data_seed == 42 and args.remove_unused_columns is False
-    assert data_args.augmentation == "none" and not data_args.normalize and data_args.preprocessing_backend == "pil"
+    assert args.lr_scheduler_type.value == "constant"
+    assert args.warmup_steps == 0
+    assert args.num_train_epochs == 10
+    assert args.max_grad_norm == 0.0
+    assert args.label_smoothing_factor == 0.0
+    assert args.eval_strategy.value == "epoch"
+    assert args.save_strategy.value == "epoch"
+    assert args.seed == 42
+    assert args.data_seed == 42
+    assert args.remove_unused_columns is False
+    assert data_args.augmentation == "none"
+    assert not data_args.normalize
+    assert data_args.preprocessing_backend == "pil"
     assert resolve_run_settings(args, run_args, explicit) == 128, "the book's global batch"
     assert args.per_device_train_batch_size == 128, "one process takes the whole batch"
     model = training.build_model(model_args, ["a"] * 10)
     assert model.num_parameters() == 6_457_866  # the book's 96 px config
     processor = training.build_image_processor(model_args, model.config, data_args.normalize)
-    assert processor.size == {"height": 96, "width": 96} and not processor.do_normalize
+    assert processor.size == {"height": 96, "width": 96}
+    assert not processor.do_normalize
 
 
 def test_explicit_flags_beat_recipe_defaults(tmp_path):
     argv = ["--output_dir", str(tmp_path), "--recipe", "improved", "--learning_rate", "5e-4", "--num_train_epochs=3"]
     model_args, data_args, _, args, explicit = parse_args(argv)
-    assert args.learning_rate == 5e-4 and args.num_train_epochs == 3  # given
-    assert args.optim.value == "adamw_torch" and args.weight_decay == 0.05 and args.label_smoothing_factor == 0.1
-    assert args.lr_scheduler_type.value == "cosine" and args.warmup_steps == 0.05
-    assert data_args.augmentation == "improved" and data_args.normalize
+    # given on the command line
+    assert args.learning_rate == 5e-4
+    assert args.num_train_epochs == 3
+    assert args.optim.value == "adamw_torch"
+    assert args.weight_decay == 0.05
+    assert args.label_smoothing_factor == 0.1
+    assert args.lr_scheduler_type.value == "cosine"
+    assert args.warmup_steps == 0.05
+    assert data_args.augmentation == "improved"
+    assert data_args.normalize
     config = training.build_model(model_args, ["a"] * 10).config
-    assert config.position_embedding_std == 0.02 and config.drop_path_rate == 0.1 and config.hidden_size == 512
+    assert config.position_embedding_std == 0.02
+    assert config.drop_path_rate == 0.1
+    assert config.hidden_size == 512
     _, _, _, args, _ = parse_args(["--output_dir", str(tmp_path), "--recipe", "improved", "--weight_decay", "0"])
     assert args.weight_decay == 0.0
 
@@ -126,11 +148,18 @@ def test_quick_recipe_config_and_image_size_follow(tmp_path):
     )
     config = training.build_model(model_args, [str(i) for i in range(10)]).config
     assert (config.image_size, config.patch_size, config.hidden_size, config.num_attention_heads) == (28, 7, 48, 3)
-    assert config.test_time_flip and config.pooling == "mean" and config.drop_path_rate == 0.1  # the quick preset's
-    assert args.num_train_epochs == 13 and data_args.preload_images and data_args.crop_padding == 0
+    # the quick preset's
+    assert config.test_time_flip
+    assert config.pooling == "mean"
+    assert config.drop_path_rate == 0.1
+    assert args.num_train_epochs == 13
+    assert data_args.preload_images
+    assert data_args.crop_padding == 0
     processor = training.build_image_processor(model_args, config, data_args.normalize)
-    assert processor.size == {"height": 28, "width": 28} and processor.do_normalize
-    assert processor.image_mean == [pytest.approx(0.286)] and processor.image_std == [pytest.approx(0.353)]
+    assert processor.size == {"height": 28, "width": 28}
+    assert processor.do_normalize
+    assert processor.image_mean == [pytest.approx(0.286)]
+    assert processor.image_std == [pytest.approx(0.353)]
 
 
 def test_a_recipe_file_and_a_json_file_of_arguments(tmp_path):
@@ -141,12 +170,21 @@ def test_a_recipe_file_and_a_json_file_of_arguments(tmp_path):
         )
     )
     model_args, _, run_args, args, _ = parse_args(["--output_dir", str(tmp_path), "--recipe", str(recipe)])
-    assert args.learning_rate == 0.05 and args.num_train_epochs == 2 and model_args.preset.endswith("quick")
-    assert args.optim.value != "sgd" or run_args.recipe == str(recipe)  # only the file's values change
+    assert args.learning_rate == 0.05
+    assert args.num_train_epochs == 2
+    assert model_args.preset.endswith("quick")
+    assert run_args.recipe == str(recipe)
+    # Only the file's values change: what it leaves out keeps TrainingArguments' defaults, not the book recipe's
+    # (plain SGD, a constant learning rate, no gradient clipping, evaluation every epoch).
+    defaults = TrainingArguments(output_dir=str(tmp_path))
+    for name in ("optim", "lr_scheduler_type", "max_grad_norm", "eval_strategy"):
+        assert getattr(args, name) == getattr(defaults, name), name
     arguments = tmp_path / "args.json"
     arguments.write_text(json.dumps({"output_dir": str(tmp_path), "recipe": "quick", "learning_rate": 3e-3}))
     _, data_args, _, args, explicit = parse_args([str(arguments)])
-    assert args.learning_rate == 3e-3 and args.num_train_epochs == 13 and data_args.preload_images
+    assert args.learning_rate == 3e-3
+    assert args.num_train_epochs == 13
+    assert data_args.preload_images
     assert explicit == {"output_dir", "recipe", "learning_rate"}
 
 
@@ -177,12 +215,17 @@ def test_run_settings_keep_an_explicit_per_device_batch(tmp_path):
 
 def test_unknown_recipe(tmp_path, capsys):
     status, err = _run_in_process(["--output_dir", str(tmp_path / "o"), "--recipe", "fancy"], capsys)
-    assert status == 2 and "--recipe fancy" in err and "'book'" in err and "'quick'" in err
+    assert status == 2, err
+    assert "--recipe fancy" in err
+    assert "'book'" in err
+    assert "'quick'" in err
 
 
 def test_missing_data_dir(tmp_path, capsys):
     status, err = _run_in_process(["--output_dir", str(tmp_path / "o"), "--data_dir", str(tmp_path / "nope")], capsys)
-    assert status == 2 and "no such folder" in err and "apt-get install dataset-fashion-mnist" in err
+    assert status == 2, err
+    assert "no such folder" in err
+    assert "apt-get install dataset-fashion-mnist" in err
 
 
 @needs_data
@@ -194,7 +237,9 @@ def test_corrupted_idx_file(tmp_path, capsys):
     labels = bad / "t10k-labels-idx1-ubyte.gz"
     labels.write_bytes(labels.read_bytes()[:200])  # truncated download
     status, err = _run_in_process(["--output_dir", str(tmp_path / "o"), "--data_dir", str(bad)], capsys)
-    assert status == 2 and "t10k-labels" in err and "truncated" in err
+    assert status == 2, err
+    assert "t10k-labels" in err
+    assert "truncated" in err
     assert not (tmp_path / "o" / "model.safetensors").exists()
 
 
@@ -203,7 +248,9 @@ def test_non_empty_output_dir_is_refused(tmp_path, capsys):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     status, err = _run_in_process(["--output_dir", str(out)], capsys)
-    assert status == 2 and "not empty" in err and "--overwrite_output_dir" in err
+    assert status == 2, err
+    assert "not empty" in err
+    assert "--overwrite_output_dir" in err
     assert (out / "notes.txt").read_text() == "mine"
 
 
@@ -214,11 +261,14 @@ def test_push_to_hub_offline_fails_before_training(tmp_path, capsys, monkeypatch
     argv = ["--output_dir", str(tmp_path / "o"), "--push_to_hub", "--hub_model_id", "someone/vit-d2l"]
     start = time.perf_counter()
     status, err = _run_in_process(argv, capsys)
-    assert status == 2 and "--push_to_hub" in err and "offline or unreachable" in err
+    assert status == 2, err
+    assert "--push_to_hub" in err
+    assert "offline or unreachable" in err
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     status, err = _run_in_process(argv, capsys)
-    assert status == 2 and "offline or unreachable" in err
+    assert status == 2, err
+    assert "offline or unreachable" in err
     assert time.perf_counter() - start < 15
     assert not (tmp_path / "o" / "model.safetensors").exists()
 
@@ -227,15 +277,19 @@ def test_bf16_on_a_cpu_without_native_bf16_is_refused(tmp_path, capsys, monkeypa
     monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
     monkeypatch.setattr(training, "cpu_isa", lambda: "AVX2")
     status, err = _run_in_process(["--output_dir", str(tmp_path / "o"), "--bf16"], capsys)
-    assert status == 2 and "--bf16" in err and "AVX2" in err and "drop --bf16" in err
+    assert status == 2, err
+    assert "--bf16" in err
+    assert "AVX2" in err
+    assert "drop --bf16" in err
     status, err = _run_in_process(["--output_dir", str(tmp_path / "o"), "--bf16", "--fp16"], capsys)
-    assert status == 2 and err.startswith("error: ") and "Traceback" not in err, err
+    assert status == 2, err
+    assert err.startswith("error: "), err
+    assert "Traceback" not in err
 
 
 @needs_data
 def test_torch_compile_without_a_cpu_compiler_trains_eagerly(tmp_path, monkeypatch, caplog):
     from accelerate.utils import DynamoBackend
-    from transformers import TrainingArguments
 
     def compile_args():
         return TrainingArguments(output_dir=str(tmp_path), torch_compile=True, use_cpu=True, report_to="none")
@@ -253,8 +307,9 @@ def test_torch_compile_without_a_cpu_compiler_trains_eagerly(tmp_path, monkeypat
     argv += ["--save_strategy", "no", "--torch_compile", "true", "--output_dir", str(tmp_path / "o")]
     with caplog.at_level("WARNING", logger="hf_vit_d2l.training"):
         trainer, metrics = training.main(argv)
-    assert any("no C++ compiler" in record.getMessage() for record in caplog.records)
-    assert not trainer.args.torch_compile and trainer.args.torch_compile_backend is None
+    assert "no C++ compiler" in caplog.text
+    assert not trainer.args.torch_compile
+    assert trainer.args.torch_compile_backend is None
     assert trainer.accelerator.state.dynamo_plugin.backend == DynamoBackend.NO
     assert json.loads((tmp_path / "o" / "run_info.json").read_text())["torch_compile"] is False
     assert 0 <= metrics["eval_accuracy"] <= 1
@@ -262,7 +317,7 @@ def test_torch_compile_without_a_cpu_compiler_trains_eagerly(tmp_path, monkeypat
 
 def test_epoch_line_counts_the_images_of_the_steps_run(tmp_path, caplog):
     """img/s from the optimizer steps of the epoch times the global batch (right under --max_steps too)."""
-    from transformers import TrainerControl, TrainerState, TrainingArguments
+    from transformers import TrainerControl, TrainerState
 
     args = TrainingArguments(output_dir=str(tmp_path), gradient_accumulation_steps=2, use_cpu=True, report_to="none")
     state, control = TrainerState(global_step=10, train_batch_size=64), TrainerControl()
@@ -274,7 +329,8 @@ def test_epoch_line_counts_the_images_of_the_steps_run(tmp_path, caplog):
         callback.on_evaluate(args, state, control, metrics={"eval_loss": 0.5, "eval_accuracy": 0.8})
     (line,) = [r.getMessage() for r in caplog.records if "train img/s" in r.getMessage()]
     rate = float(line.split("(")[1].split()[0])
-    assert "eval_accuracy 0.8000" in line and 4 * 64 * 2 / 2.5 < rate <= 4 * 64 * 2 / 2.0, line
+    assert "eval_accuracy 0.8000" in line
+    assert 4 * 64 * 2 / 2.5 < rate <= 4 * 64 * 2 / 2.0, line
 
 
 def _parquet_dataset(folder: Path, n_train=1500, n_test=300) -> Path:
@@ -301,7 +357,10 @@ def test_label_column_missing(tmp_path, capsys):
     data = _parquet_dataset(tmp_path / "pq", 64, 32)
     argv = ["--output_dir", str(tmp_path / "o"), "--dataset_name", str(data), "--label_column_name", "class"]
     status, err = _run_in_process(argv, capsys)
-    assert status == 2 and "'class'" in err and "--label_column_name" in err and "label" in err
+    assert status == 2, err
+    assert "'class'" in err
+    assert "--label_column_name" in err
+    assert "label" in err
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -340,7 +399,8 @@ from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassif
 folder = sys.argv[1]
 model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
 processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
-assert "hf_vit_d2l" not in sys.modules and type(model).__module__.startswith("transformers_modules"), type(model)
+assert "hf_vit_d2l" not in sys.modules, "hf_vit_d2l was imported"
+assert type(model).__module__.startswith("transformers_modules"), type(model)
 image = Image.fromarray(np.load(sys.argv[2]))
 with torch.no_grad():
     logits = model(**processor(image, return_tensors="pt")).logits[0].tolist()
@@ -358,12 +418,16 @@ def test_end_to_end_real_fashion_mnist(tmp_path):
     result = _run_script([*args, "--num_train_epochs", "2", "--report_to", "tensorboard"], cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = result.stdout + result.stderr
-    assert "epoch 1.00/2 | train_loss" in log and "epoch 2.00/2 | train_loss" in log  # per-epoch summaries
+    # per-epoch summaries
+    assert "epoch 1.00/2 | train_loss" in log, log[-3000:]
+    assert "epoch 2.00/2 | train_loss" in log, log[-3000:]
 
     results = json.loads((out / "all_results.json").read_text())
     for key in ("eval_accuracy", "eval_loss", "train_runtime", "train_samples_per_second", "epoch"):
-        assert key in results
-    assert results["epoch"] == 2 and results["eval_samples"] == 500 and results["train_samples"] == 3000
+        assert key in results, results
+    assert results["epoch"] == 2
+    assert results["eval_samples"] == 500
+    assert results["train_samples"] == 3000
     # Measured: 0.694 at epoch 2 (seed 42); chance is 0.1.
     assert results["eval_accuracy"] >= 0.6, results
     state = json.loads((out / "trainer_state.json").read_text())
@@ -371,13 +435,22 @@ def test_end_to_end_real_fashion_mnist(tmp_path):
     assert [e["epoch"] for e in evals][:2] == [1.0, 2.0]
     assert [e["epoch"] for e in state["log_history"] if "loss" in e] == [1.0, 2.0]
     info = json.loads((out / "run_info.json").read_text())
-    assert info["recipe"] == "quick" and info["seed"] == 42 and info["num_processes"] == 1
-    assert info["torch_compile"] is False and info["torch_threads_per_process"] == cpu_count()
-    assert info["dataset_id"] == "zalando-datasets/fashion_mnist" and info["training_args"]["learning_rate"] == 5e-3
-    assert info["global_batch_size"] == 64 and info["train_samples"] == 3000 and info["eval_samples"] == 500
-    assert "train.py" in info["command"] and info["hardware"] and info["dataset"]
+    assert info["recipe"] == "quick"
+    assert info["seed"] == 42
+    assert info["num_processes"] == 1
+    assert info["torch_compile"] is False
+    assert info["torch_threads_per_process"] == cpu_count()
+    assert info["dataset_id"] == "zalando-datasets/fashion_mnist"
+    assert info["training_args"]["learning_rate"] == 5e-3
+    assert info["global_batch_size"] == 64
+    assert info["train_samples"] == 3000
+    assert info["eval_samples"] == 500
+    assert "train.py" in info["command"]
+    assert info["hardware"]
+    assert info["dataset"]
     assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "training_args.bin").is_file() and list((out / "runs").rglob("events.out.tfevents.*"))
+    assert (out / "training_args.bin").is_file()
+    assert list((out / "runs").rglob("events.out.tfevents.*"))
     assert not list(tmp_path.glob(".run.staging-*"))  # the final folder's staging is gone
 
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -388,7 +461,9 @@ def test_end_to_end_real_fashion_mnist(tmp_path):
         assert (checkpoints[-1] / name).is_file()
     final = load_file(out / "model.safetensors")
     last = load_file(checkpoints[-1] / "model.safetensors")
-    assert all(torch.equal(final[k], last[k]) for k in final)
+    assert final.keys() == last.keys()
+    differing = [k for k in final if not torch.equal(final[k], last[k])]
+    assert not differing, f"final weights that differ from the last checkpoint's: {differing}"
 
     # The folder loads through remote code in a process where hf_vit_d2l cannot be imported.
     from hf_vit_d2l import ViTD2LForImageClassification, ViTD2LImageProcessor
@@ -418,7 +493,6 @@ def test_end_to_end_real_fashion_mnist(tmp_path):
 
     # --push_to_hub uploads the project's card (Trainer.create_model_card is overridden), built from this run.
     from huggingface_hub import ModelCard
-    from transformers import TrainingArguments
 
     from hf_vit_d2l.training import ViTD2LTrainer
 
@@ -427,9 +501,11 @@ def test_end_to_end_real_fashion_mnist(tmp_path):
     )
     trainer.create_model_card(model_name="ignored", tasks="image-classification")
     card = ModelCard.load(out / "README.md")
-    assert card.data.pipeline_tag == "image-classification" and card.data.library_name == "transformers"
+    assert card.data.pipeline_tag == "image-classification"
+    assert card.data.library_name == "transformers"
     assert card.data.eval_results[0].metric_value == results["eval_accuracy"]
-    assert "user/vit-d2l-test" in card.text and "fine-tuned version of []" not in card.text
+    assert "user/vit-d2l-test" in card.text
+    assert "fine-tuned version of []" not in card.text
 
 
 @needs_data
@@ -441,7 +517,9 @@ def test_hub_schema_parquet_dataset(tmp_path):
     argv += ["--output_dir", str(out), "--dataset_name", str(data), "--num_train_epochs", "2"]
     trainer, metrics = training.main(argv)
     info = json.loads((out / "run_info.json").read_text())
-    assert info["train_samples"] == 1500 and info["eval_samples"] == 300 and info["dataset"] == str(data)
+    assert info["train_samples"] == 1500
+    assert info["eval_samples"] == 300
+    assert info["dataset"] == str(data)
     assert trainer.model.config.id2label[0] == "T - shirt / top"  # names from the parquet ClassLabel
     print("parquet eval_accuracy", metrics["eval_accuracy"])
     assert metrics["eval_accuracy"] >= 0.5, metrics  # chance is 0.1
@@ -503,18 +581,24 @@ def test_cpu_ddp_two_processes(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     infos = [json.loads((dump / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [i["world_size"] for i in infos] == [2, 2] and infos[0]["backend"] == "gloo"
+    assert [i["world_size"] for i in infos] == [2, 2]
+    assert infos[0]["backend"] == "gloo"
     assert [i["per_device"] for i in infos] == [64, 64]  # the book's global batch 128 split over 2 processes
     rank0, rank1 = (torch.load(dump / f"rank{r}.pt") for r in (0, 1))
-    assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    assert rank0.keys() == rank1.keys()
+    differing = [k for k in rank0 if not torch.equal(rank0[k], rank1[k])]
+    assert not differing, f"weights that differ between the ranks: {differing}"
     saved = load_file(out / "model.safetensors")
-    assert all(torch.equal(saved[k], rank0[k]) for k in saved)
+    assert saved.keys() == rank0.keys()
+    differing = [k for k in saved if not torch.equal(saved[k], rank0[k])]
+    assert not differing, f"saved weights that differ from rank 0's: {differing}"
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]  # 512 / 128 steps, one folder
     assert json.loads((out / "run_info.json").read_text())["num_processes"] == 2
     # gloo's threads (gloo_tcp_loop, pt_gloo_runloop) have stopped before Python shuts down, where they can abort
     threads = [json.loads((dump / f"threads{r}.json").read_text()) for r in (0, 1)]
-    assert all(threads) or sys.platform != "linux", threads
+    if sys.platform == "linux":  # /proc lists each process's threads
+        assert all(threads), threads
     assert not [name for names in threads for name in names if "gloo" in name], threads
 
 
@@ -554,17 +638,21 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
-    assert (killed / "checkpoint-16").is_dir() and not (killed / "all_results.json").exists()
+    assert (killed / "checkpoint-16").is_dir()
+    assert not (killed / "all_results.json").exists()
     assert not (killed / "checkpoint-64").exists()
 
     resumed = _run_script([*common, "--output_dir", str(killed)], cwd=tmp_path)  # auto-detects the checkpoint
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from" in resumed.stdout + resumed.stderr
     a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys()
+    differing = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differing, f"weights that differ between the resumed and the straight run: {differing}"
     ra = json.loads((straight / "all_results.json").read_text())
     rb = json.loads((killed / "all_results.json").read_text())
-    assert ra["eval_accuracy"] == rb["eval_accuracy"] and ra["eval_loss"] == rb["eval_loss"]
+    assert ra["eval_accuracy"] == rb["eval_accuracy"]
+    assert ra["eval_loss"] == rb["eval_loss"]
     history = [e for e in json.loads((killed / "trainer_state.json").read_text())["log_history"] if "eval_loss" in e]
     straight_history = [
         e for e in json.loads((straight / "trainer_state.json").read_text())["log_history"] if "eval_loss" in e
@@ -624,7 +712,8 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, capsys, caplog):
     weights.write_bytes(weights.read_bytes()[:1000])  # cut short, as by a full disk or a kill
     caplog.set_level(logging.INFO, logger="hf_vit_d2l.training")
     assert training.run(_tiny_run(out, 3)) == 0
-    assert f"Not resuming from {out / 'checkpoint-4'}" in caplog.text and str(weights) in caplog.text
+    assert f"Not resuming from {out / 'checkpoint-4'}" in caplog.text
+    assert str(weights) in caplog.text
     assert f"Resuming from {out / 'checkpoint-2'}" in caplog.text
     assert json.loads((out / "run_info.json").read_text())["resumed_from"] == str(out / "checkpoint-2")
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 6
@@ -632,7 +721,10 @@ def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, capsys, caplog):
     for checkpoint in out.glob("checkpoint-*"):  # every checkpoint damaged: a clear stop, nothing deleted
         (checkpoint / "trainer_state.json").unlink()
     status, err = _run_in_process(_tiny_run(out, 4), capsys)
-    assert status == 2 and "No intact checkpoint" in err and "checkpoint-6" in err and "--overwrite_output_dir" in err
+    assert status == 2, err
+    assert "No intact checkpoint" in err
+    assert "checkpoint-6" in err
+    assert "--overwrite_output_dir" in err
     assert training.run(_tiny_run(out, 1, "--overwrite_output_dir")) == 0
 
 
@@ -643,7 +735,10 @@ def test_resume_with_a_contradicting_config_names_both_values(tmp_path, capsys):
     argv = [*_tiny_run(out, 2)]
     argv[argv.index("--config_overrides") + 1] = TINY.replace("hidden_size=32", "hidden_size=64")
     status, err = _run_in_process(argv, capsys)
-    assert status == 2 and "hidden_size=32" in err and "hidden_size=64" in err and "--overwrite_output_dir" in err
+    assert status == 2, err
+    assert "hidden_size=32" in err
+    assert "hidden_size=64" in err
+    assert "--overwrite_output_dir" in err
 
 
 @needs_data
@@ -672,9 +767,12 @@ def test_fine_tuning_on_other_labels_needs_ignore_mismatched_sizes(tmp_path, cap
         a for i, a in enumerate(argv) if a != "--config_overrides" and (i == 0 or argv[i - 1] != "--config_overrides")
     ]
     status, err = _run_in_process(argv, capsys)
-    assert status == 2 and "predicts 10 classes, the dataset has 2" in err and "--ignore_mismatched_sizes" in err
+    assert status == 2, err
+    assert "predicts 10 classes, the dataset has 2" in err
+    assert "--ignore_mismatched_sizes" in err
     trainer, _ = training.main([*argv, "--ignore_mismatched_sizes"])
-    assert trainer.model.config.id2label == {0: "cat", 1: "dog"} and trainer.model.classifier.out_features == 2
+    assert trainer.model.config.id2label == {0: "cat", 1: "dog"}
+    assert trainer.model.classifier.out_features == 2
 
 
 @needs_data
@@ -695,9 +793,13 @@ def test_validation_size_evaluates_on_held_out_training_images():
     _, test, _, _ = load_splits(DataArguments(data_dir=str(DATA_DIR), data_source="local"), seed=0)
     held_out, rest = png_bytes(validation), png_bytes(train)
     # Validation images come from train (the 10,000 test images stay unseen) and are not trained on.
-    assert len(held_out & png_bytes(test)) < 5 and not held_out & rest - png_bytes(test)
+    test_images = png_bytes(test)
+    assert len(held_out & test_images) < 5
+    trained_on = held_out & (rest - test_images)
+    assert not trained_on, f"{len(trained_on)} validation images are also in the training split"
     again_train, again_validation, _, _ = load(0.1)  # a fraction; the same seed -> the same images every run
-    assert len(again_validation) == 6000 and len(again_train) == 54000
+    assert len(again_validation) == 6000
+    assert len(again_train) == 54000
     assert load(5000)[1]["label"] == validation["label"]
     for bad in (0, -3, 2.5):
         with pytest.raises(ValueError, match="--validation_size"):
@@ -717,7 +819,9 @@ def test_preloaded_images_train_and_evaluate_exactly_as_the_dataset_rows(tmp_pat
         trainer, metrics = training.main([*common, "--preload_images", preload, "--output_dir", str(out)])
         runs[preload] = (load_file(out / "model.safetensors"), metrics)
     (weights, metrics), (weights_ref, metrics_ref) = runs["true"], runs["false"]
-    assert weights.keys() == weights_ref.keys() and all(torch.equal(weights[k], weights_ref[k]) for k in weights)
+    assert weights.keys() == weights_ref.keys()
+    differing = [k for k in weights if not torch.equal(weights[k], weights_ref[k])]
+    assert not differing, f"weights that differ with and without --preload_images: {differing}"
     for key in ("eval_accuracy", "eval_loss", "train_loss"):
         assert metrics[key] == metrics_ref[key], key
 
@@ -734,4 +838,6 @@ def test_preload_images_mixed_size_error(tmp_path, capsys):
     argv = [*FAST, "--train_dir", images, "--validation_dir", images, "--output_dir", str(tmp_path / "o")]
     argv += ["--preload_images", "true"]
     status, err = _run_in_process(argv, capsys)
-    assert status == 2 and "different sizes or modes" in err and "without --preload_images" in err, err
+    assert status == 2, err
+    assert "different sizes or modes" in err
+    assert "without --preload_images" in err
