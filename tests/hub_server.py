@@ -3,7 +3,8 @@
 `LocalHub(folder, olah_cli).start()` writes an olah config (offline, 127.0.0.1, a free port), starts `olah-cli`
 with its logs in `folder/logs` and returns once the server answers; `stop()` ends it by its PID. Clients reach it
 through `HF_ENDPOINT=hub.url`. Repositories are ordinary git repositories in the Hub's layout under `hub.mirrors`:
-`datasets/ORG/NAME` and `models/ORG/NAME`. `commit(...)` commits what lies in one and returns the commit's sha.
+`datasets/ORG/NAME` and `models/ORG/NAME`. `commit(...)` commits what lies in one and returns the commit's sha;
+`MirrorUploadApi` stands in for `HfApi`'s uploads, committing into the mirror.
 
 olah runs from a venv of its own (its pins clash with this project's), found at `$OLAH_CLI`, then
 `.venv-olah/bin/olah-cli` in the checkout, then on PATH. `scripts/setup.sh` creates that venv with
@@ -24,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import yaml
@@ -138,6 +140,50 @@ class LocalHub:
         git(path, "add", "--all")
         git(path, "commit", "--quiet", "--allow-empty", "--message", message)
         return git(path, "rev-parse", "HEAD")
+
+
+class MirrorUploadApi:
+    """The upload side of `huggingface_hub.HfApi` (`create_repo`, `upload_folder`, `upload_file`) for a `LocalHub`,
+    which has no upload routes: each upload becomes a git commit in the mirror, served at once over HTTP.
+
+    Use it where code calls `HfApi(token=...)`: `monkeypatch.setattr(huggingface_hub, "HfApi",
+    functools.partial(MirrorUploadApi, hub))`. Models only (`repo_type` None or "model").
+    """
+
+    def __init__(self, hub: LocalHub, token: str | None = None):
+        self.hub = hub
+        self.token = token
+
+    def _path(self, repo_id: str, repo_type: str | None) -> Path:
+        if repo_type not in (None, "model"):
+            raise NotImplementedError(f"MirrorUploadApi uploads models only, not {repo_type!r} repositories.")
+        return self.hub.repo_path("model", repo_id)
+
+    def create_repo(self, repo_id: str, private: bool = False, exist_ok: bool = False, repo_type=None) -> str:
+        path = self._path(repo_id, repo_type)
+        if path.exists() and not exist_ok:
+            raise FileExistsError(f"{repo_id} exists")
+        path.mkdir(parents=True, exist_ok=True)
+        return f"{self.hub.url}/{repo_id}"
+
+    def upload_folder(self, repo_id: str, folder_path, commit_message: str, repo_type=None) -> SimpleNamespace:
+        """Copy the folder's files over the repository's (others stay, as on the Hub) and commit them."""
+        path = self._path(repo_id, repo_type)
+        shutil.copytree(folder_path, path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git"))
+        sha = self.hub.commit("model", repo_id, commit_message)
+        return SimpleNamespace(oid=sha, commit_url=f"{self.hub.url}/{repo_id}/commit/{sha}")
+
+    def upload_file(
+        self, path_or_fileobj, path_in_repo: str, repo_id: str, commit_message: str, repo_type=None
+    ) -> SimpleNamespace:
+        target = self._path(repo_id, repo_type) / path_in_repo
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(path_or_fileobj, bytes):
+            target.write_bytes(path_or_fileobj)
+        else:
+            shutil.copyfile(path_or_fileobj, target)
+        sha = self.hub.commit("model", repo_id, commit_message)
+        return SimpleNamespace(oid=sha, commit_url=f"{self.hub.url}/{repo_id}/commit/{sha}")
 
 
 def write_fashion_mnist_repo(
