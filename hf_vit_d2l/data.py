@@ -1,11 +1,12 @@
 """Data for the book's ViT: Fashion-MNIST from the Hub or from local IDX files, other image datasets, preprocessing.
 
 Fashion-MNIST comes from, in this order (:func:`load_fashion_mnist`): ``data_dir`` when given; the Hub
-(``zalando-datasets/fashion_mnist``) when it is reachable; the IDX files of Debian's ``dataset-fashion-mnist``
-package in :data:`DEFAULT_DATA_DIR` (one log line says so); offline, a Hub copy in the datasets cache. Local IDX
-files are validated and become a ``DatasetDict`` with exactly the Hub's features through ``Dataset.from_generator``
-(which datasets caches, keyed here by the files' md5), so every later step sees the same dataset whatever the
-source. Nothing is ever replaced by fake data: without a source, :class:`DataUnavailableError` says how to get it.
+(``zalando-datasets/fashion_mnist`` at ``--dataset_revision``, default ``main``) when it is reachable; the IDX
+files of Debian's ``dataset-fashion-mnist`` package in :data:`DEFAULT_DATA_DIR` (one log line says so); offline, a
+Hub copy in the datasets cache. Local IDX files are validated and become a ``DatasetDict`` with exactly the Hub's
+features through ``Dataset.from_generator`` (which datasets caches, keyed here by the files' md5), so every later
+step sees the same dataset whatever the source. Nothing is ever replaced by fake data: without a source,
+:class:`DataUnavailableError` says how to get it.
 
 Preprocessing is the model's image processor, per split: :class:`ImageClassificationCollator` is both a
 ``Dataset.set_transform`` function (``.transform``) and a DataLoader ``collate_fn``; the training split's adds the
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets.config
+import huggingface_hub.constants
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -207,27 +209,34 @@ def how_to_get_data() -> str:
     )
 
 
-def _fashion_mnist_with_source(source: str, data_dir, cache_dir) -> tuple[DatasetDict, str]:
+def _hub_source(repo_id: str, revision: str) -> str:
+    """Where a Hub dataset was loaded from, for the run's data line: the endpoint, or offline the datasets cache."""
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return f"the datasets cache ({repo_id} at revision {revision})"
+    return f"the Hub ({repo_id} at revision {revision}, {huggingface_hub.constants.ENDPOINT})"
+
+
+def _fashion_mnist_with_source(source: str, data_dir, cache_dir, revision: str = "main") -> tuple[DatasetDict, str]:
     if source not in ("auto", "hub", "local"):
         raise ValueError(f"--data_source {source!r}: use 'auto', 'hub' or 'local'.")
     if source == "local" or (source == "auto" and data_dir is not None):
         return load_local_fashion_mnist(data_dir, cache_dir), f"local IDX files in {data_dir or DEFAULT_DATA_DIR}"
     if source == "hub" or hub_available():
         try:
-            dataset = load_dataset(HUB_DATASET_ID, cache_dir=cache_dir)
+            dataset = load_dataset(HUB_DATASET_ID, cache_dir=cache_dir, revision=revision)
         except Exception as err:  # offline without a cached copy, or the Hub refused
             raise DataUnavailableError(
                 f"Cannot load {HUB_DATASET_ID} ({type(err).__name__}: {err}). " + how_to_get_data()
             ) from None
-        return DatasetDict(train=dataset["train"], test=dataset["test"]), f"the Hub ({HUB_DATASET_ID})"
+        return DatasetDict(train=dataset["train"], test=dataset["test"]), _hub_source(HUB_DATASET_ID, revision)
     if find_fashion_mnist_files(DEFAULT_DATA_DIR) is not None:
         logger.warning("The Hub is not reachable; loading Fashion-MNIST from the IDX files in %s.", DEFAULT_DATA_DIR)
         return load_local_fashion_mnist(DEFAULT_DATA_DIR, cache_dir), f"local IDX files in {DEFAULT_DATA_DIR}"
     try:  # in offline mode, a Hub copy downloaded earlier from the datasets cache (fails at once when there is none)
         if not datasets.config.HF_HUB_OFFLINE:
             raise FileNotFoundError
-        dataset = load_dataset(HUB_DATASET_ID, cache_dir=cache_dir)
-        return DatasetDict(train=dataset["train"], test=dataset["test"]), f"the datasets cache ({HUB_DATASET_ID})"
+        dataset = load_dataset(HUB_DATASET_ID, cache_dir=cache_dir, revision=revision)
+        return DatasetDict(train=dataset["train"], test=dataset["test"]), _hub_source(HUB_DATASET_ID, revision)
     except Exception:
         raise DataUnavailableError(
             f"Fashion-MNIST is not available: the Hub is not reachable and {DEFAULT_DATA_DIR} holds no copy. "
@@ -235,10 +244,13 @@ def _fashion_mnist_with_source(source: str, data_dir, cache_dir) -> tuple[Datase
         ) from None
 
 
-def load_fashion_mnist(source: str = "auto", data_dir=None, cache_dir: str | None = None) -> DatasetDict:
+def load_fashion_mnist(
+    source: str = "auto", data_dir=None, cache_dir: str | None = None, revision: str = "main"
+) -> DatasetDict:
     """Fashion-MNIST as ``DatasetDict(train=60,000, test=10,000)`` with the Hub's features, from the first source
-    available (module docstring); ``source="hub"`` or ``"local"`` forces one."""
-    return _fashion_mnist_with_source(source, data_dir, cache_dir)[0]
+    available (module docstring); ``source="hub"`` or ``"local"`` forces one. ``revision``: the Hub dataset's branch,
+    tag or commit."""
+    return _fashion_mnist_with_source(source, data_dir, cache_dir, revision)[0]
 
 
 # ----------------------------------------------------------------------------------------- any image dataset
@@ -284,7 +296,9 @@ def load_image_classification_dataset(args: "DataArguments", cache_dir: str | No
         files = {split: os.path.join(folder, "**") for split, folder in folders.items() if folder}
         dataset, description = load_dataset("imagefolder", data_files=files, cache_dir=cache_dir), args.train_dir
     elif name is None or name in FASHION_MNIST_NAMES:
-        dataset, description = _fashion_mnist_with_source(args.data_source, args.data_dir, cache_dir)
+        dataset, description = _fashion_mnist_with_source(
+            args.data_source, args.data_dir, cache_dir, args.dataset_revision
+        )
     elif not Path(name).exists() and not hub_available():
         raise DataUnavailableError(
             f"--dataset_name {name!r} is not a local path and the Hub is not reachable. Give a local folder "
@@ -292,10 +306,16 @@ def load_image_classification_dataset(args: "DataArguments", cache_dir: str | No
         )
     else:
         try:
-            dataset = load_dataset(name, args.dataset_config_name, data_dir=args.data_dir, cache_dir=cache_dir)
+            dataset = load_dataset(
+                name,
+                args.dataset_config_name,
+                data_dir=args.data_dir,
+                cache_dir=cache_dir,
+                revision=args.dataset_revision,
+            )
         except (FileNotFoundError, ConnectionError) as err:
             raise DataUnavailableError(f"Cannot load dataset {name!r}: {err}") from None
-        description = name
+        description = name if Path(name).exists() else _hub_source(name, args.dataset_revision)
     if "train" not in dataset:
         raise ValueError(f"The dataset has no 'train' split; its splits are {list(dataset)}.")
     evaluation = "test" if "test" in dataset else "validation" if "validation" in dataset else None
@@ -333,6 +353,9 @@ class DataArguments:
         default=None, metadata={"help": "Another dataset with image and label columns: a Hub id or a local folder."}
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's config (subset) name."})
+    dataset_revision: str = field(
+        default="main", metadata={"help": "The Hub dataset's branch, tag or commit sha (Fashion-MNIST's too)."}
+    )
     train_dir: str | None = field(default=None, metadata={"help": "An image folder (one sub-folder per class)."})
     validation_dir: str | None = field(default=None, metadata={"help": "An image folder for evaluation."})
     image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})

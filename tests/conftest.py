@@ -6,19 +6,25 @@
 * ``tiny_parquet_dataset``: ``{"train": path, "test": path, "dir": folder}``, 600/200 real images written with
   ``Dataset.to_parquet`` in the Hub's schema (``image: Image()``, ``label: ClassLabel``), for
   ``load_dataset("parquet", data_files=...)`` or ``load_dataset(folder)``.
+* ``local_hub``: a running local Hub (olah, ``tests/hub_server.py``) holding ``zalando-datasets/fashion_mnist`` in
+  the Hub's layout, 512/256 real images; its ``.url`` is the ``HF_ENDPOINT``. Skips when olah is not installed,
+  fails instead with HF_VIT_D2L_REQUIRE_HUB_SERVER=1 (set in CI).
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
+import hub_server
 import numpy as np
 import pytest
 
 TINY_TRAIN = 600
 TINY_TEST = 200
+HUB_SIZES = {"train": 512, "test": 256}
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
@@ -79,3 +85,18 @@ def tiny_parquet_dataset(fashion_mnist_arrays, tmp_path_factory) -> dict[str, st
         paths[split] = str(folder / f"{split}.parquet")
         dataset.to_parquet(paths[split])
     return paths
+
+
+@pytest.fixture(scope="session")
+def local_hub(fashion_mnist_arrays, tmp_path_factory):
+    olah_cli = hub_server.find_olah_cli()
+    if olah_cli is None:
+        message = f"needs olah, the local Hub server: run `{hub_server.INSTALL_COMMAND}` (scripts/setup.sh does)"
+        if os.environ.get("HF_VIT_D2L_REQUIRE_HUB_SERVER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    hub = hub_server.LocalHub(tmp_path_factory.mktemp("local_hub"), olah_cli)
+    hub_server.write_fashion_mnist_repo(hub, fashion_mnist_arrays, HUB_SIZES)
+    hub.start()
+    yield hub
+    hub.stop()
