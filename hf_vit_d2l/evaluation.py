@@ -274,8 +274,10 @@ def load_model_and_processor(
     trust_remote_code: bool = False,
     device: str | None = None,
     ignore_mismatched_sizes: bool = False,
+    revision: str | None = None,
 ):
-    """(model in eval mode, image processor) from a local folder or a Hub id, or a `ModelLoadError` saying why not.
+    """(model in eval mode, image processor) from a local folder or a Hub id (at `revision`: a branch, tag or commit),
+    or a `ModelLoadError` saying why not.
 
     The model loads strictly (`load_model`): weights that do not fit config.json are refused, not replaced by random
     ones. With `trust_remote_code=True` the code files stored with the model run instead of the installed package;
@@ -291,9 +293,11 @@ def load_model_and_processor(
             f"{path}: no such folder. Pass a model folder written by save_pretrained (the output folder of "
             "scripts/train.py) or a Hub id USER/NAME."
         )
-    model = load_model(path, trust_remote_code, ignore_mismatched_sizes)
+    model = load_model(path, trust_remote_code, ignore_mismatched_sizes, revision=revision)
     try:
-        processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, backend="pil")
+        processor = AutoImageProcessor.from_pretrained(
+            path, trust_remote_code=trust_remote_code, backend="pil", revision=revision
+        )
     except (OSError, ValueError, KeyError, EOFError) as err:
         what = f"the folder {path}" if os.path.isdir(path) else f"{path} (not a local folder, so as a Hub id)"
         raise ModelLoadError(f"Could not load {what}: {_first_line(err)}") from None
