@@ -176,8 +176,8 @@ def from_d2l_state_dict(
     if any(problems.values()):
         raise CheckpointConversionError(
             f"The state dict does not match the book's ViT with num_blks={config.num_hidden_layers}, "
-            f"use_bias={config.qkv_bias} (check the config / overrides):\n  "
-            + "\n  ".join(f"{kind} ({len(keys)}): {', '.join(keys)}" for kind, keys in problems.items() if keys)
+            f"use_bias={config.qkv_bias} (check the config / overrides): "
+            + "; ".join(f"{kind} ({len(keys)}): {', '.join(keys)}" for kind, keys in problems.items() if keys)
         )
     model.load_state_dict({mapping[k]: v.to(target[mapping[k]].dtype) for k, v in state_dict.items()}, strict=True)
     return model.eval()

@@ -45,7 +45,23 @@ LOSSY_MODES = {
 
 
 def load_model(model: str, revision: str | None = None, trust_remote_code: bool = False):
-    """`(model, image_processor)` from a saved folder or a Hub id; a one-line `ValueError` when that fails."""
+    """`(model, image_processor)` from a saved folder or a Hub id; a one-line `ValueError` when that fails.
+
+    With this package installed, loading is strict (`evaluation.load_model_and_processor`: weights that do not fit
+    config.json are refused); in a Space, which ships this file without the package, transformers loads it.
+    """
+    try:
+        from .evaluation import ModelLoadError, load_model_and_processor
+    except ImportError:
+        return load_model_with_transformers(model, revision, trust_remote_code)
+    try:
+        return load_model_and_processor(model, trust_remote_code, revision=revision or "main")
+    except ModelLoadError as error:
+        raise ValueError(str(error)) from None
+
+
+def load_model_with_transformers(model: str, revision: str | None, trust_remote_code: bool):
+    """`load_model` where the package is not installed (a Space)."""
     # USER/NAME may be a Hub id; a longer path, one starting with / . or ~, or one under a local folder is a folder.
     folder_like = model.startswith(("/", ".", "~")) or model.count("/") > 1 or os.path.isdir(os.path.dirname(model))
     if folder_like and not os.path.isdir(model):
@@ -250,9 +266,11 @@ def write_space_folder(out_dir: str, model_repo_id: str, revision: str, image_si
     return save_folder_atomically(out_dir, write, last="app.py")
 
 
-def serve(model: str, port: int | None = None, trust_remote_code: bool = False, top_k: int = 5) -> None:
-    """Load `model` (a folder or Hub id) and serve the demo on 127.0.0.1 until interrupted."""
-    loaded, processor = load_model(model, trust_remote_code=trust_remote_code)
+def serve(
+    model: str, revision: str = "main", port: int | None = None, trust_remote_code: bool = False, top_k: int = 5
+) -> None:
+    """Load `model` (a folder or Hub id, at `revision`) and serve the demo on 127.0.0.1 until interrupted."""
+    loaded, processor = load_model(model, revision, trust_remote_code=trust_remote_code)
     examples = fashion_mnist_examples(os.path.join(tempfile.gettempdir(), "hf_vit_d2l_demo_examples"))
     title = f"{os.path.basename(os.path.normpath(model))}: Fashion-MNIST ViT"
     build_demo(loaded, processor, examples, top_k=top_k, title=title).launch(**launch_kwargs(port))
@@ -263,14 +281,17 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="A folder saved by scripts/train.py, or a Hub id.")
     parser.add_argument("--port", type=int, default=None, help="Port on 127.0.0.1 (default: 7860 or the next free).")
     parser.add_argument("--top_k", type=int, default=5, help="How many labels to show.")
+    parser.add_argument("--revision", default="main", help="A Hub model's branch, tag or commit sha.")
     parser.add_argument("--trust_remote_code", action="store_true", help="Run the code shipped with a Hub model.")
     args = parser.parse_args()
     if importlib.util.find_spec("gradio") is None:
-        sys.exit('error: the demo needs gradio: pip install -e ".[demo]"')
+        print('error: the demo needs gradio: pip install -e ".[demo]"', file=sys.stderr)
+        sys.exit(2)
     try:
-        serve(args.model, port=args.port, trust_remote_code=args.trust_remote_code, top_k=args.top_k)
+        serve(args.model, args.revision, port=args.port, trust_remote_code=args.trust_remote_code, top_k=args.top_k)
     except ValueError as error:
-        sys.exit(f"error: {error}")
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

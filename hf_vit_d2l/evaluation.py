@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -29,12 +30,22 @@ from typing import Any
 
 import numpy as np
 import torch
+import transformers
+from huggingface_hub.errors import StrictDataclassError
 from transformers import CONFIG_MAPPING, AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
 
 from .data import DataArguments, DataUnavailableError, ImageClassificationCollator, load_splits
 from .utils import write_json_atomic
 
 logger = logging.getLogger(__name__)
+
+# The weight files `from_pretrained` reads, in the order it prefers them.
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 class ModelLoadError(OSError):
@@ -45,7 +56,9 @@ class ModelLoadError(OSError):
 
 
 def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    """The error's first line, with the next one when the first only announces it (ends with a colon)."""
+    lines = [line.strip() for line in str(error).strip().splitlines()] or [type(error).__name__]
+    return " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
 
 
 def read_json(path: str, error: type[Exception] = ModelLoadError) -> dict[str, Any]:
@@ -99,6 +112,7 @@ def check_model_folder(folder: str, trust_remote_code: bool = False) -> dict[str
             "model type transformers knows. Fix model_type, or pass --trust_remote_code if the folder brings its "
             "own code (an auto_map in config.json)."
         )
+    check_model_type(config, config_path)
     count_parameters(folder)
     if not os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
         raise ModelLoadError(
@@ -108,17 +122,183 @@ def check_model_folder(folder: str, trust_remote_code: bool = False) -> dict[str
     return config
 
 
+def architecture_model_type(name: str) -> str | None:
+    """The model_type of the model class called `name` (this package's or transformers'), None when unknown."""
+    from . import modeling_vit_d2l
+
+    cls = getattr(modeling_vit_d2l, name, None)
+    if cls is None:
+        try:
+            cls = getattr(transformers, name, None)
+        except Exception:  # transformers imports the class's module lazily; a missing dependency fails there
+            cls = None
+    return getattr(getattr(cls, "config_class", None), "model_type", None)
+
+
+def check_model_type(config: dict[str, Any], where: str) -> None:
+    """Refuse a config whose model_type is not that of the classes its `architectures` name (the classes that saved
+    the weights): transformers would build another model and fill it with random weights, or ask for remote code."""
+    model_type = config.get("model_type")
+    architectures = [name for name in config.get("architectures") or [] if isinstance(name, str)]
+    saved_by = {architecture_model_type(name) for name in architectures} - {None}
+    if model_type and saved_by and model_type not in saved_by:
+        expected = " or ".join(repr(t) for t in sorted(saved_by))
+        raise ModelLoadError(
+            f"{where} has model_type {model_type!r}, but its architectures {architectures} are {expected} models, "
+            f"which saved the weights. Set model_type to {expected}."
+        )
+
+
+def weights_name(path: str) -> str:
+    """The weight file that a refusal names: the folder's, or the Hub id's weights."""
+    if os.path.isdir(path):
+        for name in WEIGHT_FILES:
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+    return f"the weights of {path}"
+
+
+def _shape(size) -> str:
+    return f"({', '.join(str(n) for n in size)})"
+
+
+def check_loading_info(model, info: dict[str, Any], weights: str, ignore_mismatched_sizes: bool = False) -> None:
+    """Refuse weights that leave part of `model` (built from config.json) unloaded, that have other shapes, or that
+    hold more of the model's own layers than config.json; warn about other tensors the model does not use.
+
+    `info` is `from_pretrained(..., output_loading_info=True)`'s. With `ignore_mismatched_sizes` the classifier (the
+    weights outside the base model) may be missing or of another shape: it stays newly initialised, to be trained.
+    """
+    name = type(model).__name__
+    expected = list(model.state_dict())
+    prefix = f"{model.base_model_prefix}."
+    has_head = hasattr(model, model.base_model_prefix)
+
+    def in_head(key: str) -> bool:
+        return has_head and not key.startswith(prefix)
+
+    def layout(key: str) -> str:  # a key with its layer numbers blanked: encoder.layer.N.mlp...
+        return re.sub(r"\.\d+(?=\.|$)", ".N", key)
+
+    # Sorted with the base model's keys first: they say more about what differs than the classifier's.
+    missing = sorted(info["missing_keys"], key=lambda key: (in_head(key), key))
+    mismatched = sorted(
+        ((key, tuple(saved), tuple(built)) for key, saved, built in info["mismatched_keys"]),
+        key=lambda entry: (in_head(entry[0]), entry[0]),
+    )
+    new_head = []
+    if ignore_mismatched_sizes:
+        new_head = [key for key in missing if in_head(key)] + [key for key, *_ in mismatched if in_head(key)]
+        missing = [key for key in missing if not in_head(key)]
+        mismatched = [entry for entry in mismatched if not in_head(entry[0])]
+    unexpected = sorted(info["unexpected_keys"])
+    layouts = {layout(key) for key in expected}
+    misplaced = [key for key in unexpected if layout(key) in layouts]
+    if missing and all(in_head(key) for key in missing):
+        raise ModelLoadError(
+            f"{weights} has no classifier ({', '.join(missing)}) for {name}: its predictions would be random. Pass "
+            "the folder of a trained classification model."
+        )
+    if missing:
+        raise ModelLoadError(
+            f"{weights} lacks {len(missing)} of the {len(expected)} tensors of the {name} that config.json "
+            f"describes (first: {missing[0]}): the file is incomplete, or config.json describes a bigger model "
+            "(compare num_hidden_layers and the other sizes with the file's). Save the model again or fix config.json."
+        )
+    if mismatched:
+        key, saved, built = mismatched[0]
+        what = "config.json's num_labels and id2label" if in_head(key) else "config.json's sizes"
+        raise ModelLoadError(
+            f"{weights} does not fit config.json: {len(mismatched)} tensor(s) differ in shape (first: {key} is "
+            f"{_shape(saved)} in the file, {_shape(built)} in the {name} that config.json describes). Fix {what} "
+            "to match the weights."
+        )
+    if misplaced:
+        raise ModelLoadError(
+            f"{weights} holds {len(misplaced)} tensor(s) of {name} layers that config.json does not describe (first: "
+            f"{misplaced[0]}): config.json describes a smaller model (compare num_hidden_layers with the file's)."
+        )
+    if unexpected:
+        logger.warning(
+            "%s holds %d tensor(s) that %s does not use (first: %s); they are ignored.",
+            weights,
+            len(unexpected),
+            name,
+            unexpected[0],
+        )
+    if new_head:
+        logger.warning(
+            "%s: the classifier (%s) does not fit config.json and is newly initialised (ignore_mismatched_sizes); "
+            "train it before use.",
+            weights,
+            ", ".join(new_head),
+        )
+
+
+def load_model(
+    path: str | os.PathLike,
+    trust_remote_code: bool = False,
+    ignore_mismatched_sizes: bool = False,
+    model_class=AutoModelForImageClassification,
+    **kwargs,
+):
+    """`model_class.from_pretrained(path, ...)` that refuses what transformers only reports: missing weights, other
+    shapes (except the classifier with `ignore_mismatched_sizes`), extra layers, a model_type that does not match the
+    saved class. Each refusal is one `ModelLoadError` naming the file; tensors the model does not use get a warning.
+
+    `kwargs` go to `from_pretrained` (`config=`, `revision=`, `cache_dir=`, `attn_implementation=` ...).
+    """
+    path = os.fspath(path)
+    config_file = os.path.join(path, "config.json") if os.path.isdir(path) else f"{path}'s config.json"
+    # The checks below replace transformers' loading report, and one line is all a refusal prints.
+    verbosity = transformers.logging.get_verbosity()
+    progress_bar = transformers.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        # Mismatched shapes come back in the loading info (instead of a RuntimeError) and are refused below.
+        model, info = model_class.from_pretrained(
+            path,
+            trust_remote_code=trust_remote_code,
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
+            **kwargs,
+        )
+    except StrictDataclassError as err:  # a config value out of range, or sizes that contradict each other
+        raise ModelLoadError(f"{config_file} is not a valid config: {_first_line(err)}") from None
+    except (OSError, ValueError, KeyError, EOFError, RuntimeError, TypeError) as err:
+        if isinstance(err, ModelLoadError):
+            raise
+        what = f"the folder {path}" if os.path.isdir(path) else f"{path} (not a local folder, so as a Hub id)"
+        raise ModelLoadError(f"Could not load {what}: {_first_line(err)}") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if progress_bar:
+            transformers.logging.enable_progress_bar()
+    check_model_type(model.config.to_dict(), config_file)
+    check_loading_info(model, info, weights_name(path), ignore_mismatched_sizes)
+    return model
+
+
 def looks_like_local_path(path: str) -> bool:
     """A path rather than a Hub id: explicit prefixes, more than one slash, or a parent folder that exists."""
     parent = os.path.dirname(path)
     return path.startswith((".", "/", "~")) or path.count("/") > 1 or bool(parent and os.path.isdir(parent))
 
 
-def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = False, device: str | None = None):
-    """(model in eval mode, image processor) from a local folder or a Hub id, or a `ModelLoadError` saying why not.
+def load_model_and_processor(
+    path: str | os.PathLike,
+    trust_remote_code: bool = False,
+    device: str | None = None,
+    ignore_mismatched_sizes: bool = False,
+    revision: str = "main",
+):
+    """(model in eval mode, image processor) from a local folder or a Hub id (at `revision`: a branch, tag or commit),
+    or a `ModelLoadError` saying why not.
 
-    With `trust_remote_code=True` the code files stored with the model run instead of the installed package; pin
-    the revision of a Hub model when you do (`from_pretrained(..., trust_remote_code=True, revision=COMMIT)`).
+    The model loads strictly (`load_model`): weights that do not fit config.json are refused, not replaced by random
+    ones. With `trust_remote_code=True` the code files stored with the model run instead of the installed package;
+    pin the revision of a Hub model when you do (`from_pretrained(..., trust_remote_code=True, revision=COMMIT)`).
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -130,9 +310,11 @@ def load_model_and_processor(path: str | os.PathLike, trust_remote_code: bool = 
             f"{path}: no such folder. Pass a model folder written by save_pretrained (the output folder of "
             "scripts/train.py) or a Hub id USER/NAME."
         )
+    model = load_model(path, trust_remote_code, ignore_mismatched_sizes, revision=revision)
     try:
-        model = AutoModelForImageClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
-        processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, backend="pil")
+        processor = AutoImageProcessor.from_pretrained(
+            path, trust_remote_code=trust_remote_code, backend="pil", revision=revision
+        )
     except (OSError, ValueError, KeyError, EOFError) as err:
         what = f"the folder {path}" if os.path.isdir(path) else f"{path} (not a local folder, so as a Hub id)"
         raise ModelLoadError(f"Could not load {what}: {_first_line(err)}") from None
@@ -206,6 +388,7 @@ class EvaluateArguments:
         default=None,
         metadata={"help": "Where eval_results.json and confusion_matrix.png go. Default: the model folder."},
     )
+    revision: str = field(default="main", metadata={"help": "A Hub model's branch, tag or commit sha."})
     batch_size: int = field(default=256, metadata={"help": "Images per forward pass."})
     device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda', 'cuda:1'... Default: cuda if any."})
     trust_remote_code: bool = field(
@@ -251,7 +434,9 @@ def evaluate_saved_model(eval_args: EvaluateArguments, data_args) -> dict[str, A
     `eval_results.json` into `eval_args.output_dir`.
     """
     device = eval_args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, processor = load_model_and_processor(eval_args.model_name_or_path, eval_args.trust_remote_code, device)
+    model, processor = load_model_and_processor(
+        eval_args.model_name_or_path, eval_args.trust_remote_code, device, revision=eval_args.revision
+    )
     if eval_args.test_time_flip is not None:
         if not hasattr(model.config, "test_time_flip"):
             raise ValueError(f"--test_time_flip needs a vit_d2l model, not a {model.config.model_type!r} one.")
@@ -324,8 +509,11 @@ __all__ = [
     "evaluate_saved_model",
     "main",
     "ModelLoadError",
+    "check_loading_info",
     "check_model_folder",
+    "check_model_type",
     "count_parameters",
+    "load_model",
     "load_model_and_processor",
     "looks_like_local_path",
     "plot_confusion_matrix",

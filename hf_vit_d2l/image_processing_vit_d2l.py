@@ -7,6 +7,7 @@ RGB photo, an RGBA PNG or a grayscale array all reach a 1-channel model as 1 cha
 """
 
 import os
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -20,6 +21,9 @@ except ImportError:  # the processor itself works without torch (numpy output)
 
 # PIL's "L" conversion weights (ITU-R 601-2 luma).
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+# A float image whose maximum is at most this is a [0, 1] image that resampling (bicubic, Lanczos) pushed a little
+# above 1; above it, an image on the 0-255 scale. A 0-255 image that dark is no more than black.
+UNIT_SCALE_OVERSHOOT = 1.5
 
 
 def conversion_loses_information(image: Image.Image) -> str | None:
@@ -77,6 +81,7 @@ def flat_list_of_images(images) -> list:
                     "existing image file, an http(s) URL, a PIL image, or an array."
                 ) from None
         if isinstance(item, Image.Image):
+            check_pil_image(item, where)
             flat.append(item)
             continue
         if torch is not None and torch.is_tensor(item):
@@ -91,6 +96,10 @@ def flat_list_of_images(images) -> list:
             item = item.astype(np.uint8) * 255
         if not (np.issubdtype(item.dtype, np.integer) or np.issubdtype(item.dtype, np.floating)):
             raise ValueError(f"Cannot read {where}: array dtype {item.dtype} is not a numeric image type.")
+        if item.size == 0:
+            raise ValueError(
+                f"Cannot read {where}: array of shape {tuple(item.shape)} is empty (a zero-size dimension)."
+            )
         batch = list(item) if item.ndim == 4 else [item]
         for array in batch:
             array = array[None] if array.ndim == 2 else array  # (H, W) -> (1, H, W)
@@ -99,8 +108,64 @@ def flat_list_of_images(images) -> list:
                     f"Cannot read {where}: array of shape {tuple(array.shape)}. Expected (H, W), (H, W, C) or "
                     "(C, H, W) with C in 1..4 channels, or a 4-D batch of those."
                 )
+            check_finite(array, where)
             flat.append(array)
     return flat
+
+
+def check_pil_image(image: Image.Image, where: str) -> None:
+    """Refuse an empty PIL image (PIL allows 0 x 0) and a float ("F") image holding NaN or infinity."""
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"Cannot read {where}: the PIL image is empty ({image.width}x{image.height} pixels).")
+    if image.mode == "F":
+        check_finite(np.asarray(image), where)
+
+
+def check_finite(array: np.ndarray, where: str) -> None:
+    """Refuse NaN and infinite values: they would reach the model and make every score NaN."""
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise ValueError(
+            f"Cannot read {where}: {bad} of its {array.size} values are NaN or infinite. Replace them first (e.g. "
+            "np.nan_to_num), or fix the step that produced the image."
+        )
+
+
+def to_255_scale(array: np.ndarray) -> np.ndarray:
+    """A float or non-uint8 integer image -> float32 on the 0-255 scale; one warning names the rules that changed it.
+
+    Floats in [0, 1] are already scaled (torchvision's `ToTensor` convention) and are multiplied by 255. Floats whose
+    maximum is in (1, 1.5] are such an image pushed past 1 by resampling: clipped to [0, 1]. Floats above 1.5 are on
+    the 0-255 scale. Integers are on the 0-255 scale; wider ranges are taken as 16-bit (0-65535 -> 0-255). Negative
+    values, and values above the top of the scale, are clipped.
+    """
+    rules = []
+    is_float = np.issubdtype(array.dtype, np.floating)
+    array = array.astype(np.float32)
+    low = float(array.min())
+    high = float(array.max())
+    if low < 0:
+        rules.append("negative values: clipped to 0")
+        array = np.maximum(array, 0.0)
+    if is_float and high <= 1.0:
+        array = array * 255.0
+    elif is_float and high <= UNIT_SCALE_OVERSHOOT:
+        rules.append(
+            f"float values slightly above 1 (at most {UNIT_SCALE_OVERSHOOT}, e.g. a resampling overshoot): clipped "
+            "to [0, 1], not read on the 0-255 scale"
+        )
+        array = np.minimum(array, 1.0) * 255.0
+    elif is_float:
+        rules.append(f"float values above {UNIT_SCALE_OVERSHOOT}: read on the 0-255 scale")
+    elif high > 255:
+        rules.append("integer values above 255: read as 16-bit (0-65535 divided by 257)")
+        array = array / 257.0
+    if float(array.max()) > 255:
+        rules.append("values above the top of the scale: clipped to 255")
+        array = np.minimum(array, 255.0)
+    if rules:
+        warnings.warn(f"ViTD2LImageProcessor: {'; '.join(rules)}.", UserWarning, stacklevel=2)
+    return array
 
 
 def to_channels(array: np.ndarray, num_channels: int) -> np.ndarray:
@@ -132,7 +197,9 @@ class ViTD2LImageProcessor(ViTImageProcessorPil):
     Arrays and tensors of shape (H, W), (H, W, C) or (C, H, W) with 1, 2 (gray + alpha), 3 or 4 channels, and 4-D
     batches of them, are converted as they are: transparency is composited on black, RGB becomes luma for a
     1-channel model. Integer arrays are on the 0-255 scale, wider integer ranges taken as 16-bit (/257); float
-    arrays in [0, 1] are taken as already scaled (torchvision's `ToTensor` convention), floats above 1 as 0-255.
+    arrays in [0, 1] are taken as already scaled (torchvision's `ToTensor` convention), floats up to 1.5 as such an
+    image overshooting after resampling (clipped to [0, 1]), larger floats as 0-255. Every rule that changes values
+    (clipping, the 0-255 or 16-bit reading) warns. NaN, infinite values and empty images raise a `ValueError`.
 
     Args:
         size (`dict`, defaults to `{"height": 96, "width": 96}`): output size; follows the model's `image_size`.
@@ -164,17 +231,8 @@ class ViTD2LImageProcessor(ViTImageProcessorPil):
             image = image.convert("L") if self.num_channels == 1 else image
             return super().process_image(image, do_convert_rgb=False, input_data_format=None, **kwargs)
         (array,) = flat_list_of_images(image)
-        if np.issubdtype(array.dtype, np.floating):
-            # Float images in [0, 1] are already scaled (torchvision's ToTensor convention); bring them to the 0-255
-            # scale that `rescale` (x / 255) expects. Floats above 1 are taken to be on the 0-255 scale already.
-            array = array.astype(np.float32)
-            if array.size and float(np.nanmax(array)) <= 1.0:
-                array = array * 255.0
-        elif array.dtype != np.uint8:
-            # Other integer types: 0-255 values as they are, wider ranges taken as 16-bit (0-65535 -> 0-255).
-            array = array.astype(np.float32)
-            if array.size and float(array.max()) > 255:
-                array = array / 257.0
+        if array.dtype != np.uint8:
+            array = to_255_scale(array)  # the scale that `rescale` (x / 255) expects
         array = array if channel_axis(array) == 0 else np.moveaxis(array, -1, 0)
         array = super().process_image(array, do_convert_rgb=False, input_data_format="channels_first", **kwargs)
         return to_channels(array, self.num_channels)

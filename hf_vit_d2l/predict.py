@@ -6,8 +6,10 @@
 Arguments are image files (anything PIL reads, of any mode and size) and folders, walked recursively for image files
 (by extension). Every image goes to the model's own image processor as the PIL image it is, so `predict`, the
 `pipeline` and the processor give the same answer for the same file. A file that cannot be used (not an image,
-truncated, unreadable, over PIL's decompression-bomb limit) gets its own error line (an `"error"` entry with --json)
-and the others still run; the exit code is 1 when any file failed, 2 when nothing could run (no model, no images).
+truncated, unreadable, over PIL's decompression-bomb limit, not a regular file: a FIFO, socket or device is never
+opened) gets its own error line (an `"error"` entry with --json) and the others still run; the exit code is 1 when
+any file failed, 2 when nothing could run (no images, or a model that cannot load, including weights that do not fit
+its config.json).
 
 `--model` is a local folder or a Hub id. Models of this package load with the installed code; `--trust_remote_code`
 runs the code files stored with the model instead (needed for Hub models of other custom types).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -50,23 +53,54 @@ class Prediction:
         return {"file": self.path, "predictions": ranked}
 
 
+def file_kind(path: str) -> str:
+    """What `path` is: "file", "folder", or why it cannot be read as an image. Only `os.stat` looks at it, so a FIFO
+    is never opened (opening one blocks until something writes to it)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "broken symbolic link" if os.path.islink(path) else "no such file or folder"
+    except OSError as err:
+        return f"cannot be read ({err.strerror or err})"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISFIFO(mode):
+        kind = "a FIFO"
+    elif stat.S_ISSOCK(mode):
+        kind = "a socket"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind = "a device"
+    else:
+        kind = "a special file"
+    return f"not a regular file ({kind}); skipped"
+
+
 def collect_images(paths: Iterable[str]) -> tuple[list[str], list[Prediction]]:
-    """Files to classify (folders walked recursively, sorted), and errors for paths that do not exist."""
+    """Regular files to classify (folders walked recursively, sorted), and an error for each path that does not
+    exist or is not a regular file (FIFOs, sockets and devices are skipped, never opened)."""
     files: list[str] = []
     errors: list[Prediction] = []
     for path in paths:
-        if os.path.isdir(path):
+        kind = file_kind(path)
+        if kind == "folder":
             found = []
             for root, dirs, names in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 found += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
             if not found:
                 errors.append(Prediction(path, error=f"folder has no image files ({', '.join(IMAGE_EXTENSIONS)})"))
-            files += found
-        elif os.path.isfile(path):
+            for name in found:
+                found_kind = file_kind(name)
+                if found_kind == "file":
+                    files.append(name)
+                else:
+                    errors.append(Prediction(name, error=found_kind))
+        elif kind == "file":
             files.append(path)
         else:
-            errors.append(Prediction(path, error="no such file or folder"))
+            errors.append(Prediction(path, error=kind))
     return files, errors
 
 
@@ -140,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
     parser.add_argument("--model", required=True, help="trained model folder or Hub id USER/NAME")
+    parser.add_argument("--revision", default="main", help="a Hub model's branch, tag or commit sha (default main)")
     parser.add_argument("--top_k", type=int, default=3, help="labels per image (default 3)")
     parser.add_argument("--batch_size", type=int, default=64, help="images per forward pass (default 64)")
     parser.add_argument("--json", action="store_true", help="print one JSON list of results instead of text")
@@ -167,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no image files to classify.", file=sys.stderr)
         return 2
     try:
-        model, processor = load_model_and_processor(args.model, args.trust_remote_code, args.device)
+        model, processor = load_model_and_processor(
+            args.model, args.trust_remote_code, args.device, revision=args.revision
+        )
     except ModelLoadError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

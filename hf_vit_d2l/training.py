@@ -29,7 +29,6 @@ import transformers
 from huggingface_hub.errors import StrictDataclassError
 from transformers import (
     AutoConfig,
-    AutoModelForImageClassification,
     HfArgumentParser,
     Trainer,
     TrainerCallback,
@@ -42,7 +41,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import data
 from .configuration_vit_d2l import ViTD2LConfig
-from .evaluation import ModelLoadError, count_parameters
+from .ema import EMACallback
+from .evaluation import ModelLoadError, count_parameters, load_model
 from .fast_dropout import replace_dropout_modules
 from .image_processing_vit_d2l import ViTD2LImageProcessor
 from .modeling_vit_d2l import ViTD2LForImageClassification
@@ -91,6 +91,9 @@ class ModelArguments:
         default=False,
         metadata={"help": "Fine-tune --model_name_or_path on a dataset with another label count (new classifier)."},
     )
+    model_revision: str = field(
+        default="main", metadata={"help": "The branch, tag or commit sha of --model_name_or_path on the Hub."}
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the Hub."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where to cache Hub downloads."})
 
@@ -116,6 +119,13 @@ class RunArguments:
     )
     num_threads: int | None = field(
         default=None, metadata={"help": "torch threads per process on a CPU. Default: the CPUs / local processes."}
+    )
+    ema_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "Keep an exponential moving average of the weights with this decay per step (e.g. 0.999); "
+            "evaluate and save the average. Checkpoints keep both, so resuming continues both."
+        },
     )
     fast_dropout: bool = field(
         default=False,
@@ -159,6 +169,25 @@ def parse_args(argv: list[str] | None = None):
 
 
 # ------------------------------------------------------------------------------------------- checks of the run
+
+
+def check_arguments(training_args: TrainingArguments, run_args: RunArguments) -> None:
+    """Refuse values that would fail, or train nothing, only after the data and the model are built."""
+    problems = []
+    if not training_args.output_dir or not training_args.output_dir.strip():
+        problems.append("--output_dir is empty: name the folder to train into")
+    if training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
+        problems.append(f"--num_train_epochs {training_args.num_train_epochs} trains nothing: give a positive number")
+    if training_args.learning_rate < 0:
+        problems.append(f"--learning_rate {training_args.learning_rate} is negative")
+    if training_args.per_device_train_batch_size < 1 or training_args.per_device_eval_batch_size < 1:
+        problems.append("the per-device batch sizes must be at least 1")
+    if run_args.global_batch_size < 1:
+        problems.append(f"--global_batch_size {run_args.global_batch_size} must be at least 1")
+    if run_args.ema_decay is not None and not 0 < run_args.ema_decay < 1:
+        problems.append(f"--ema_decay {run_args.ema_decay} must be between 0 and 1")
+    if problems:
+        raise TrainingSetupError("; ".join(problems) + ".")
 
 
 def check_precision(training_args: TrainingArguments) -> None:
@@ -356,7 +385,11 @@ def build_model(model_args: ModelArguments, label_names: list[str]):
     # Book names (num_heads, num_blks ...) become canonical, so that they replace the preset's values.
     overrides = {ViTD2LConfig.attribute_map.get(key, key): value for key, value in overrides.items()}
     labels = {"id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}}
-    hub = {"cache_dir": model_args.cache_dir, "trust_remote_code": model_args.trust_remote_code}
+    hub = {
+        "cache_dir": model_args.cache_dir,
+        "trust_remote_code": model_args.trust_remote_code,
+        "revision": model_args.model_revision,
+    }
     try:
         if model_args.model_name_or_path:
             config = AutoConfig.from_pretrained(model_args.model_name_or_path, **hub)
@@ -366,10 +399,11 @@ def build_model(model_args: ModelArguments, label_names: list[str]):
                     f"{len(label_names)}. Pass --ignore_mismatched_sizes to fine-tune it with a new classifier."
                 )
             config.update({**overrides, **labels})
-            return AutoModelForImageClassification.from_pretrained(
+            # Strict: weights that do not fit the config are refused, not replaced by random ones.
+            return load_model(
                 model_args.model_name_or_path,
-                config=config,
                 ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+                config=config,
                 attn_implementation=model_args.attn_implementation,
                 **hub,
             )
@@ -380,7 +414,7 @@ def build_model(model_args: ModelArguments, label_names: list[str]):
         for key in ("model_type", "transformers_version", "architectures", "auto_map", "num_labels", "num_classes"):
             base.pop(key, None)
         config = ViTD2LConfig(**{**base, **overrides, **labels})
-    except (ValueError, TypeError, StrictDataclassError) as err:
+    except (ValueError, TypeError, OSError, StrictDataclassError) as err:
         if isinstance(err, TrainingSetupError):
             raise
         raise TrainingSetupError(f"Cannot build the model: {err}") from None
@@ -395,6 +429,7 @@ def build_image_processor(model_args: ModelArguments, config, normalize: bool):
             model_args.model_name_or_path,
             cache_dir=model_args.cache_dir,
             trust_remote_code=model_args.trust_remote_code,
+            revision=model_args.model_revision,
         )
     else:
         processor = ViTD2LImageProcessor(num_channels=config.num_channels)
@@ -546,6 +581,7 @@ def main(argv: list[str] | None = None) -> tuple[Trainer, dict[str, float]]:
     setup_logging(training_args)
 
     # Check the run and fit its settings to this machine before spending time on data
+    check_arguments(training_args, run_args)
     check_precision(training_args)
     global_batch = resolve_run_settings(training_args, run_args, explicit)
     check_hub_access(training_args)
@@ -602,6 +638,8 @@ def main(argv: list[str] | None = None) -> tuple[Trainer, dict[str, float]]:
         preprocess_logits_for_metrics=logits_to_predictions,
         callbacks=[EpochSummaryCallback(global_batch)],
     )
+    if run_args.ema_decay is not None:
+        trainer.add_callback(EMACallback(run_args.ema_decay, resume_from=checkpoint))
     return trainer, train_and_evaluate(trainer, checkpoint, run_info)
 
 
@@ -623,6 +661,7 @@ def describe_run(training_args, run_args, data_args, model, checkpoint: str | No
         "mixed_precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
         "torch_compile": training_args.torch_compile,
         "fast_dropout": run_args.fast_dropout,
+        "ema_decay": run_args.ema_decay,
         "torch_threads_per_process": torch.get_num_threads(),
         "resumed_from": checkpoint,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},

@@ -16,8 +16,13 @@ if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then
     echo "[setup] torch not found: installing torch==2.13.0"
     "$PYTHON" -m pip install -q "torch==2.13.0"
 fi
-# torchvision/timm break transformers' image code beside this torch (see the README's Quickstart).
+# torchvision/timm break transformers' image code beside this torch (see docs/development.md#setup).
 "$PYTHON" -m pip install -q -e ".[dev,demo]"
+# olah, a self-hosted Hub server the tests run on loopback, in a venv of its own: its pins (psutil<6) clash with
+# accelerate's. The venv is rebuilt when the checkout moves (venv scripts keep absolute paths).
+.venv-olah/bin/python -c "import olah" 2>/dev/null || {
+    "$PYTHON" -m venv --clear .venv-olah && .venv-olah/bin/python -m pip install -q "olah==0.5.4"
+}
 
 # Debian packages: the real Fashion-MNIST (used when the Hub is out of reach) and Chromium with its WebDriver (the
 # demo's browser test).

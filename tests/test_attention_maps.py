@@ -127,7 +127,7 @@ def test_training_moves_the_rollout_off_the_garment(fashion_mnist_arrays):
 
     The untrained model's rollout is nearly uniform, so its garment share is about the garment's share of the
     pixels. One might expect training to move attention onto the garment; on real images it moves it the other
-    way, onto the background patches around it, and does so for every seed tried (README, "Attention maps").
+    way, onto the background patches around it, and does so for every seed tried (docs/publishing.md#attention-maps).
     """
     train_images, train_labels = (array[:1000] for array in fashion_mnist_arrays["train"])
     test_images, test_labels = (array[:100] for array in fashion_mnist_arrays["test"])

@@ -214,7 +214,8 @@ def test_float_input_in_unit_range_is_not_rescaled_twice(processor, fashion_imag
 
 
 def test_float_input_on_0_255_scale(processor, fashion_images):
-    out = processor(fashion_images[0].astype(np.float32), return_tensors="pt").pixel_values
+    with pytest.warns(UserWarning, match="read on the 0-255 scale"):
+        out = processor(fashion_images[0].astype(np.float32), return_tensors="pt").pixel_values
     np.testing.assert_allclose(out[0].numpy(), book_transform(fashion_images[0]), atol=1.5 / 255, rtol=0)
 
 
