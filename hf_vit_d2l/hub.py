@@ -3,7 +3,7 @@
 `build_model_card` renders `templates/model_card.md` (Jinja, via `huggingface_hub.ModelCard.from_template`) with
 the values `card_fields` computes from the run's own files: `config.json`, `run_info.json`, `all_results.json`,
 `trainer_state.json`, and after `scripts/evaluate.py` `eval_results.json` and `confusion_matrix.png`.
-`push_to_hub` stages and uploads the folder with its card.
+`push_to_hub` stages and uploads the folder with its card: regular files only, no pickles, no Hub token.
 
     from hf_vit_d2l.hub import build_model_card
     build_model_card("outputs/vit_d2l_fashion_mnist", repo_id="me/vit-d2l-fashion-mnist").save("README.md")
@@ -11,7 +11,9 @@ the values `card_fields` computes from the run's own files: `config.json`, `run_
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -49,6 +51,12 @@ HYPERPARAMETERS = (
     "fp16",
 )
 NOT_MEASURED = "not measured"  # what the card says for a figure the folder lacks
+# A recorded training command's `--hub_token VALUE` or `--hub_token=VALUE` (also argparse's `--hub-token` alias and
+# abbreviations such as `--hub_tok`: hub_token is the only TrainingArguments field that starts with hub_t).
+HUB_TOKEN_ARGUMENT = re.compile(r"(--hub[_-]t[\w-]*(?:=|\s+))('[^']*'|\"[^\"]*\"|\S+)")
+REDACTED = "<redacted>"
+# Never staged for upload: pickles, since loading one can run code (run_info.json holds training_args.bin's content).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle")
 
 
 class RunFolderError(ValueError):
@@ -56,7 +64,7 @@ class RunFolderError(ValueError):
 
 
 class HubPushError(RuntimeError):
-    """The push cannot go ahead (offline, no token, incomplete folder); nothing was changed."""
+    """The push cannot go ahead (offline, no token, incomplete folder, a link or a token in it); nothing changed."""
 
 
 # --------------------------------------------------------------------------------------------- Figures of a run folder
@@ -107,6 +115,11 @@ def _epoch_rows(log_history: list[dict]) -> list[dict[str, float | None]]:
 
 
 # ------------------------------------------------------------------------------------------------------------ The card
+
+
+def redact_hub_token(command: str) -> str:
+    """`command` with the value of every `--hub_token VALUE` / `--hub_token=VALUE` (or `--hub-token`) replaced."""
+    return HUB_TOKEN_ARGUMENT.sub(rf"\1{REDACTED}", command)
 
 
 def _percent(fraction: float | None) -> str:
@@ -218,7 +231,7 @@ def _run_figures(run_info: dict, all_results: dict, log_history: list[dict]) -> 
         "mixed_precision": str(run_info.get("mixed_precision") or NOT_MEASURED),
         "software": ", ".join(f"{name} {version}" for name, version in versions.items()),
         "training_time": training_time,
-        "command": run_info.get("command"),
+        "command": redact_hub_token(run_info["command"]) if run_info.get("command") else None,
         "hyperparameter_rows": _table_rows(hyperparameters),
         "epoch_rows": _table_rows(epochs),
     }
@@ -306,7 +319,12 @@ def check_folder_complete(folder: str | os.PathLike) -> list[str]:
     problems = [f"config.json has no auto_map entry for {key}" for key in AUTO_CLASSES if key not in auto_map]
     code_files = sorted({reference.split(".")[0] + ".py" for reference in auto_map.values()})
     missing = [name for name in code_files if not os.path.isfile(os.path.join(folder, name))]
-    return problems + [f"code file {name} is missing" for name in missing]
+    problems += [f"code file {name} is missing" for name in missing]
+    if not glob.glob(os.path.join(glob.escape(folder), "model*.safetensors")):
+        problems.append(
+            "it has no model*.safetensors weights (pickled weights such as pytorch_model.bin are not uploaded)"
+        )
+    return problems
 
 
 def _fail_if_incomplete(folder: str) -> None:
@@ -318,6 +336,64 @@ def _fail_if_incomplete(folder: str) -> None:
         )
 
 
+def upload_names(folder: str) -> list[str]:
+    """The top-level files of `folder` that go into an upload; a `HubPushError` names any symbolic link.
+
+    Only regular files are copied: no folders (checkpoints), hidden files, README.md (the card replaces it) or
+    pickles (`PICKLE_SUFFIXES`, e.g. training_args.bin). A symbolic link, which could point anywhere (~/.ssh, /etc),
+    is refused rather than skipped, so that nothing the user meant to upload silently goes missing.
+    """
+    names = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith(".") or name == "README.md":
+            continue
+        if os.path.islink(path):
+            raise HubPushError(
+                f"{path} is a symbolic link (to {os.readlink(path)}); only regular files inside the model folder are "
+                "uploaded. Replace the link by a copy of its file, or move it out of the folder. Nothing was changed."
+            )
+        if os.path.isfile(path) and not name.lower().endswith(PICKLE_SUFFIXES):
+            names.append(name)
+    return names
+
+
+def known_tokens(folder: str) -> set[str]:
+    """Hub tokens that must not be uploaded: the one huggingface_hub uses (HF_TOKEN or `hf auth login`'s) and any
+    `--hub_token` the folder's run_info.json recorded (a run from before commands were redacted)."""
+    from huggingface_hub import get_token
+
+    run_info = _read_json(folder, "run_info.json")
+    tokens = {get_token(), (run_info.get("training_args") or {}).get("hub_token")}
+    for _, value in HUB_TOKEN_ARGUMENT.findall(str(run_info.get("command") or "")):
+        tokens.add(value.strip("'\""))
+    # Shorter values and redaction marks are not tokens, and a short value would match weight bytes by chance.
+    return {t for t in tokens if isinstance(t, str) and len(t) >= 8 and "redacted" not in t.lower() and "*" not in t}
+
+
+def _holds_any(path: str, secrets: list[bytes]) -> bool:
+    """Whether the file's bytes contain one of `secrets`, read in chunks that overlap by the longest secret."""
+    overlap = max(len(secret) for secret in secrets) - 1
+    tail = b""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            window = tail + chunk
+            if any(secret in window for secret in secrets):
+                return True
+            tail = window[-overlap:]
+    return False
+
+
+def _refuse_token_holders(staging: str, folder: str, secrets: list[bytes]) -> None:
+    for name in sorted(os.listdir(staging)):
+        if _holds_any(os.path.join(staging, name), secrets):
+            source = "its model card" if name == "README.md" else os.path.join(folder, name)
+            raise HubPushError(
+                f"{source} holds a Hugging Face token (the one in use, or a --hub_token that run_info.json "
+                "recorded); nothing was staged. Remove the token from the file, and revoke it if it was shared."
+            )
+
+
 def stage_for_upload(
     folder: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -327,21 +403,24 @@ def stage_for_upload(
 ) -> str:
     """Write the folder that would be uploaded to `out_dir` (a new or empty folder), crash-safely; return its path.
 
-    It holds the folder's top-level files (no checkpoints, no hidden files) and README.md = the card, built from
-    the staged copy so that it describes exactly what is uploaded.
+    It holds the folder's `upload_names` and README.md = the card, built from the staged copy so that it describes
+    exactly what is uploaded. A file holding a `known_tokens` value stops the staging with a `HubPushError`.
     """
     folder, out_dir = os.path.abspath(os.fspath(folder)), os.path.abspath(os.fspath(out_dir))
     _fail_if_incomplete(folder)
+    names = upload_names(folder)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise HubPushError(f"{out_dir} already exists and is not an empty folder; choose a new output folder.")
     if out_dir == folder or out_dir.startswith(folder + os.sep):
         raise HubPushError(f"The output folder {out_dir} must lie outside the model folder {folder}.")
+    secrets = [token.encode() for token in known_tokens(folder)]
 
     def write(staging: str) -> None:
-        for name in sorted(os.listdir(folder)):
-            if os.path.isfile(os.path.join(folder, name)) and not name.startswith(".") and name != "README.md":
-                shutil.copy2(os.path.join(folder, name), os.path.join(staging, name))
+        for name in names:
+            shutil.copyfile(os.path.join(folder, name), os.path.join(staging, name), follow_symlinks=False)
         build_model_card(staging, repo_id, stock_vit_repo_id, revision).save(os.path.join(staging, "README.md"))
+        if secrets:
+            _refuse_token_holders(staging, folder, secrets)
 
     return save_folder_atomically(out_dir, write, last="README.md")
 
@@ -427,6 +506,8 @@ def push_to_hub(
 ) -> dict[str, str | None]:
     """Stage the folder with its card and upload it (or, with `dry_run_dir`, only write the staged folder).
 
+    Both go through `stage_for_upload`: regular files only (a symbolic link is refused), no pickles, no Hub token.
+
     The card of an upload pins, in its `trust_remote_code=True` snippets, the commit that holds the code: a second
     commit sets that revision once the first one has a hash. Returns the staged folders (`"staged"`,
     `"stock_vit_staged"`) of a dry run, or the repository URLs (`"url"`, `"stock_vit_url"`) of an upload.
@@ -472,8 +553,11 @@ __all__ = [
     "HubPushError",
     "RunFolderError",
     "build_model_card",
+    "card_fields",
     "check_folder_complete",
     "flops_per_image",
     "push_to_hub",
+    "redact_hub_token",
     "stage_for_upload",
+    "upload_names",
 ]
