@@ -367,8 +367,9 @@ def known_tokens(folder: str) -> set[str]:
     tokens = {get_token(), (run_info.get("training_args") or {}).get("hub_token")}
     for _, value in HUB_TOKEN_ARGUMENT.findall(str(run_info.get("command") or "")):
         tokens.add(value.strip("'\""))
-    # Shorter values and redaction marks are not tokens, and a short value would match weight bytes by chance.
-    return {t for t in tokens if isinstance(t, str) and len(t) >= 8 and "redacted" not in t.lower() and "*" not in t}
+    # A token is 8+ letters, digits, "_" or "-" (hf_...). That leaves out masks such as TrainingArguments.to_dict's
+    # "<HUB_TOKEN>" or "***", and short values, which would match weight bytes by chance.
+    return {t for t in tokens if isinstance(t, str) and re.fullmatch(r"[\w-]{8,}", t) and "redacted" not in t.lower()}
 
 
 def _holds_any(path: str, secrets: list[bytes]) -> bool:

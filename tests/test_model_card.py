@@ -127,7 +127,13 @@ def make_run_folder(path, with_eval: bool = True, with_results: bool = True) -> 
                 "train_samples": 500,
                 "eval_samples": 200,
                 "eval_split": "test",
-                "training_args": {"learning_rate": 0.1, "optim": "sgd", "max_steps": -1, "num_train_epochs": 2},
+                "training_args": {
+                    "learning_rate": 0.1,
+                    "optim": "sgd",
+                    "max_steps": -1,
+                    "num_train_epochs": 2,
+                    "hub_token": "<HUB_TOKEN>",  # TrainingArguments.to_dict's mask of every *_token
+                },
             },
         )
         dump(

@@ -17,7 +17,7 @@ import pytest
 from test_model_card import REPO_ROOT, make_run_folder
 
 from hf_vit_d2l import hub
-from hf_vit_d2l.hub import REDACTED, HubPushError, card_fields, redact_hub_token, stage_for_upload
+from hf_vit_d2l.hub import REDACTED, HubPushError, card_fields, known_tokens, redact_hub_token, stage_for_upload
 
 # What a Trainer checkpoint and a careless user leave beside the model: none of it may be uploaded.
 PICKLES = ("training_args.bin", "optimizer.pt", "rng_state.pth", "extra.pkl", "Notes.PICKLE")
@@ -188,6 +188,20 @@ def test_redact_hub_token(command):
     assert redact_hub_token("python scripts/train.py --hub_model_id u/m --seed 1") == (
         "python scripts/train.py --hub_model_id u/m --seed 1"
     )
+
+
+@pytest.mark.parametrize("mask", ["<HUB_TOKEN>", REDACTED, "***", "REDACTED", "hf_x", ""])
+def test_masks_are_not_tokens(run_folder, no_login, mask):
+    """What transformers and a redacting recorder write in place of a token is no token to look for."""
+    info = json.loads((run_folder / "run_info.json").read_text())
+    info["command"] = f"python scripts/train.py --hub_token {mask} --seed 1"
+    info["training_args"]["hub_token"] = mask
+    (run_folder / "run_info.json").write_text(json.dumps(info))
+    assert known_tokens(str(run_folder)) == set()
+    token = _fake_token()
+    info["training_args"]["hub_token"] = token
+    (run_folder / "run_info.json").write_text(json.dumps(info))
+    assert known_tokens(str(run_folder)) == {token}
 
 
 def _record_token(folder, token: str) -> None:
