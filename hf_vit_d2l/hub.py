@@ -1,8 +1,9 @@
 """The model card of a trained folder and its upload to the Hugging Face Hub.
 
 `build_model_card` renders `templates/model_card.md` (Jinja, via `huggingface_hub.ModelCard.from_template`) with
-values read from the run's own files: `config.json`, `run_info.json`, `all_results.json`, `trainer_state.json`, and
-after `scripts/evaluate.py` `eval_results.json` and `confusion_matrix.png`. `push_to_hub` stages and uploads it.
+the values `card_fields` computes from the run's own files: `config.json`, `run_info.json`, `all_results.json`,
+`trainer_state.json`, and after `scripts/evaluate.py` `eval_results.json` and `confusion_matrix.png`.
+`push_to_hub` stages and uploads the folder with its card: regular files only, no pickles, no Hub token.
 
     from hf_vit_d2l.hub import build_model_card
     build_model_card("outputs/vit_d2l_fashion_mnist", repo_id="me/vit-d2l-fashion-mnist").save("README.md")
@@ -10,7 +11,9 @@ after `scripts/evaluate.py` `eval_results.json` and `confusion_matrix.png`. `pus
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -50,6 +53,13 @@ HYPERPARAMETERS = (
     "bf16",
     "fp16",
 )
+NOT_MEASURED = "not measured"  # what the card says for a figure the folder lacks
+# A recorded training command's `--hub_token VALUE` or `--hub_token=VALUE` (also argparse's `--hub-token` alias and
+# abbreviations such as `--hub_tok`: hub_token is the only TrainingArguments field that starts with hub_t).
+HUB_TOKEN_ARGUMENT = re.compile(r"(--hub[_-]t[\w-]*(?:=|\s+))('[^']*'|\"[^\"]*\"|\S+)")
+REDACTED = "<redacted>"
+# Never staged for upload: pickles, since loading one can run code (run_info.json holds training_args.bin's content).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle")
 
 
 class RunFolderError(ValueError):
@@ -57,7 +67,7 @@ class RunFolderError(ValueError):
 
 
 class HubPushError(RuntimeError):
-    """The push cannot go ahead (offline, no token, incomplete folder); nothing was changed."""
+    """The push cannot go ahead (offline, no token, incomplete folder, a link or a token in it); nothing changed."""
 
 
 # --------------------------------------------------------------------------------------------- Figures of a run folder
@@ -110,12 +120,36 @@ def _epoch_rows(log_history: list[dict]) -> list[dict[str, float | None]]:
 # ------------------------------------------------------------------------------------------------------------ The card
 
 
+def redact_hub_token(command: str) -> str:
+    """`command` with the value of every `--hub_token VALUE` / `--hub_token=VALUE` (or `--hub-token`) replaced."""
+    return HUB_TOKEN_ARGUMENT.sub(rf"\1{REDACTED}", command)
+
+
+def _percent(fraction: float | None) -> str:
+    return NOT_MEASURED if fraction is None else f"{100 * fraction:.2f}%"
+
+
+def _number(value: float | None, spec: str = ".4f") -> str:
+    return NOT_MEASURED if value is None else format(value, spec)
+
+
+def _flops(flops: int) -> str:
+    short = f"{flops / 1e9:.3g} GFLOP" if flops >= 1e8 else f"{flops / 1e6:.3g} MFLOP"
+    return f"{flops:,} ({short})"
+
+
+def _table_rows(rows: list[tuple]) -> str:
+    """Markdown table rows, one per tuple ("" for none)."""
+    return "\n".join("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)
+
+
 def _card_data(
     repo_id: str | None, dataset_id: str | None, dataset_name: str, accuracy: float | None
 ) -> ModelCardData:
     """The card's YAML metadata: what the Hub validates and indexes (its model-index holds the test accuracy)."""
-    results = accuracy is not None and [
-        EvalResult(
+    results = None
+    if accuracy is not None:
+        result = EvalResult(
             task_type="image-classification",
             dataset_type=dataset_id or "imagefolder",
             dataset_name=dataset_name,
@@ -123,29 +157,23 @@ def _card_data(
             metric_type="accuracy",
             metric_value=accuracy,
         )
-    ]
+        results = [result]
+    tags = ["image-classification", "vision", "vit", "d2l"]
+    if dataset_id == HUB_DATASET_ID:
+        tags.append("fashion-mnist")
     return ModelCardData(
         library_name="transformers",
         license="apache-2.0",
-        tags=["image-classification", "vision", "vit", "d2l"] + ["fashion-mnist"] * (dataset_id == HUB_DATASET_ID),
+        tags=tags,
         datasets=[dataset_id] if dataset_id else None,
         metrics=["accuracy"],
         pipeline_tag="image-classification",
         model_name=(repo_id or "vit-d2l").split("/")[-1],
-        eval_results=results or None,
+        eval_results=results,
     )
 
 
-def build_model_card(
-    folder: str | os.PathLike, repo_id: str | None = None, stock_vit_repo_id: str | None = None, revision: str = "main"
-) -> ModelCard:
-    """The Hub model card of a training output folder, every figure read from the folder's files.
-
-    `repo_id` (`user/name`) and `revision` (the commit the usage snippets pin) go into the usage snippets;
-    `stock_vit_repo_id` is the repository of the stock-transformers export, if one is pushed.
-    Raises `RunFolderError` when the folder is not a saved `vit_d2l` model or one of its JSON files is malformed.
-    """
-    folder = os.fspath(folder)
+def _read_vit_d2l_config(folder: str) -> ViTD2LConfig:
     if not os.path.isdir(folder):
         raise RunFolderError(f"{folder} is not a folder. Pass the output folder of scripts/train.py.")
     model_type = _read_json(folder, "config.json").get("model_type")
@@ -154,36 +182,127 @@ def build_model_card(
             f"{folder} has no config.json of a vit_d2l model (model_type={model_type!r}). Pass the output folder of "
             "scripts/train.py."
         )
-    config = ViTD2LConfig.from_pretrained(folder)
-    run_info, all_results = _read_json(folder, "run_info.json"), _read_json(folder, "all_results.json")
-    eval_results = _read_json(folder, "eval_results.json")
+    return ViTD2LConfig.from_pretrained(folder)
+
+
+def _test_figures(eval_results: dict, all_results: dict, run_info: dict) -> dict[str, Any]:
+    """The card fields of the test evaluation (accuracy, its source and size, loss, per-class and inverted)."""
     accuracy, samples, source = get_test_accuracy(eval_results, all_results, run_info) or (None, None, None)
+    loss = eval_results.get("loss") if source == "eval_results.json" else all_results.get("eval_loss")
+    per_class = eval_results.get("per_class_accuracy") or {}
+    num_samples = eval_results.get("num_samples")
+    inverted = None
+    if eval_results.get("inverted_accuracy") is not None:
+        inverted = _percent(eval_results["inverted_accuracy"])
+    return {
+        "accuracy": _percent(accuracy),
+        "accuracy_source": source,
+        "test_images": f"{samples:,} test images" if samples else "the test images",
+        "test_loss": _number(loss),
+        "per_class_rows": _table_rows(
+            [(name, _percent(per_class.get(name))) for name in eval_results.get("labels") or per_class]
+        ),
+        "inverted_accuracy": inverted,
+        "upright_accuracy": _percent(eval_results.get("accuracy")),
+        "inverted_images": f"{num_samples:,} test images" if num_samples else "test images",
+    }
+
+
+def _run_figures(run_info: dict, all_results: dict, log_history: list[dict]) -> dict[str, Any]:
+    """The card fields of the training run: data, hardware, time, command, hyperparameters, per-epoch figures."""
+    training_args = run_info.get("training_args") or {}
+    hyperparameters = [(k, training_args[k]) for k in HYPERPARAMETERS if training_args.get(k) not in (None, -1)]
+    hyperparameters += [(k, run_info[k]) for k in ("seed", "num_processes", "global_batch_size") if k in run_info]
+    epochs = [
+        (row["epoch"], _number(row["train_loss"]), _number(row.get("eval_loss")), _percent(row.get("eval_accuracy")))
+        for row in _epoch_rows(log_history)
+    ]
+    training_time = NOT_MEASURED
+    if all_results.get("train_runtime"):
+        speed = _number(all_results.get("train_samples_per_second"), ".1f")
+        training_time = f"{all_results['train_runtime']:.1f} s, {speed} samples/s, {all_results.get('epoch')} epochs"
+    versions = run_info.get("versions") or {}
+    return {
+        "run_dataset": str(run_info.get("dataset") or NOT_MEASURED),
+        "train_samples": str(run_info.get("train_samples") or NOT_MEASURED),
+        "eval_samples": str(run_info.get("eval_samples") or NOT_MEASURED),
+        "eval_split": run_info.get("eval_split") or "test",
+        "recipe": str(run_info.get("recipe") or NOT_MEASURED),
+        "hardware": str(run_info.get("hardware") or NOT_MEASURED),
+        "num_processes": str(run_info.get("num_processes") or 1),
+        "augmentation": str(run_info.get("augmentation") or NOT_MEASURED),
+        "mixed_precision": str(run_info.get("mixed_precision") or NOT_MEASURED),
+        "software": ", ".join(f"{name} {version}" for name, version in versions.items()),
+        "training_time": training_time,
+        "command": redact_hub_token(run_info["command"]) if run_info.get("command") else None,
+        "hyperparameter_rows": _table_rows(hyperparameters),
+        "epoch_rows": _table_rows(epochs),
+    }
+
+
+def card_fields(
+    folder: str | os.PathLike, repo_id: str | None = None, stock_vit_repo_id: str | None = None, revision: str = "main"
+) -> dict[str, Any]:
+    """What the model card of a training output folder says, every figure read from the folder's files.
+
+    `templates/model_card.md` only places these values: texts (a figure the folder lacks reads "not measured"),
+    `config` (its sizes fill the model table), `metadata` (the YAML header) and flags: a value that is None, False
+    or "" leaves out its paragraph. Raises `RunFolderError` when the folder is not a saved `vit_d2l` model or one of
+    its JSON files is malformed.
+    """
+    folder = os.fspath(folder)
+    config = _read_vit_d2l_config(folder)
+    run_info = _read_json(folder, "run_info.json")
+    all_results = _read_json(folder, "all_results.json")
+    eval_results = _read_json(folder, "eval_results.json")
+    log_history = _read_json(folder, "trainer_state.json").get("log_history", [])
+    processor = _read_json(folder, "preprocessor_config.json")
+    test = get_test_accuracy(eval_results, all_results, run_info)
     dataset_id = run_info.get("dataset_id")
     dataset_name = "Fashion-MNIST" if dataset_id == HUB_DATASET_ID else dataset_id or run_info.get("dataset")
-    training_args = run_info.get("training_args") or {}
-    return ModelCard.from_template(
-        _card_data(repo_id, dataset_id, dataset_name or "local image folder", accuracy),
-        template_path=str(TEMPLATES / "model_card.md"),
-        repo_id=repo_id or "YOUR_USER/vit-d2l",
-        revision=revision,
-        stock_vit_repo_id=stock_vit_repo_id,
-        config=config,
-        num_parameters=count_parameters(folder),
-        flops=flops_per_image(config),
-        dataset_id=dataset_id,
-        dataset_name=dataset_name,
-        run=run_info,
-        results=all_results,
-        hyperparameters=[(k, training_args[k]) for k in HYPERPARAMETERS if training_args.get(k) not in (None, -1)]
-        + [(k, run_info[k]) for k in ("seed", "num_processes", "global_batch_size") if k in run_info],
-        epochs=_epoch_rows(_read_json(folder, "trainer_state.json").get("log_history", [])),
-        accuracy=accuracy,
-        accuracy_samples=samples,
-        accuracy_source=source,
-        evaluation=eval_results,
-        processor=_read_json(folder, "preprocessor_config.json"),
-        files=set(os.listdir(folder)),
-    )
+    data_source = dataset_name or NOT_MEASURED
+    if dataset_id:
+        data_source = f"[{dataset_name}](https://huggingface.co/datasets/{dataset_id})"
+    normalisation = "no normalisation"
+    if processor.get("do_normalize"):
+        normalisation = f"normalised with mean {processor.get('image_mean')} and std {processor.get('image_std')}"
+    flops = flops_per_image(config)
+    repo_id = repo_id or "YOUR_USER/vit-d2l"
+    return {
+        "metadata": _card_data(repo_id, dataset_id, dataset_name or "local image folder", test[0] if test else None),
+        "config": config,
+        "repo_id": repo_id,
+        "revision": revision,
+        "model_name": repo_id.split("/")[-1],
+        "stock_vit_repo_id": stock_vit_repo_id,
+        "training_data": dataset_name or "a local image folder",
+        "data_source": data_source,
+        "confusion_matrix": os.path.isfile(os.path.join(folder, "confusion_matrix.png")),
+        "pooled": "`<cls>` token" if config.pooling == "cls" else "mean of the patch tokens",
+        "num_tokens": config.num_patches + 1,
+        "parameters": f"{count_parameters(folder):,}",
+        "forward_flops": _flops(flops),
+        "training_flops": _flops(3 * flops),
+        "differs_from_book": config.pooling != "cls" or config.init_style != "d2l" or bool(config.drop_path_rate),
+        "test_time_flip": bool(config.test_time_flip),
+        "normalisation": normalisation,
+        "training_curves": os.path.isfile(os.path.join(folder, "training_curves.png")),
+        **_test_figures(eval_results, all_results, run_info),
+        **_run_figures(run_info, all_results, log_history),
+    }
+
+
+def build_model_card(
+    folder: str | os.PathLike, repo_id: str | None = None, stock_vit_repo_id: str | None = None, revision: str = "main"
+) -> ModelCard:
+    """The Hub model card of a training output folder: `templates/model_card.md` filled with `card_fields`.
+
+    `repo_id` (`user/name`) and `revision` (the commit the usage snippets pin) go into the usage snippets;
+    `stock_vit_repo_id` is the repository of the stock-transformers export, if one is pushed.
+    Raises `RunFolderError` when the folder is not a saved `vit_d2l` model or one of its JSON files is malformed.
+    """
+    fields = card_fields(folder, repo_id, stock_vit_repo_id, revision)
+    return ModelCard.from_template(fields["metadata"], template_path=str(TEMPLATES / "model_card.md"), **fields)
 
 
 # ------------------------------------------------------------------------------------------------- Staging and pushing
@@ -203,7 +322,12 @@ def check_folder_complete(folder: str | os.PathLike) -> list[str]:
     problems = [f"config.json has no auto_map entry for {key}" for key in AUTO_CLASSES if key not in auto_map]
     code_files = sorted({reference.split(".")[0] + ".py" for reference in auto_map.values()})
     missing = [name for name in code_files if not os.path.isfile(os.path.join(folder, name))]
-    return problems + [f"code file {name} is missing" for name in missing]
+    problems += [f"code file {name} is missing" for name in missing]
+    if not glob.glob(os.path.join(glob.escape(folder), "model*.safetensors")):
+        problems.append(
+            "it has no model*.safetensors weights (pickled weights such as pytorch_model.bin are not uploaded)"
+        )
+    return problems
 
 
 def _fail_if_incomplete(folder: str) -> None:
@@ -215,6 +339,65 @@ def _fail_if_incomplete(folder: str) -> None:
         )
 
 
+def upload_names(folder: str) -> list[str]:
+    """The top-level files of `folder` that go into an upload; a `HubPushError` names any symbolic link.
+
+    Only regular files are copied: no folders (checkpoints), hidden files, README.md (the card replaces it) or
+    pickles (`PICKLE_SUFFIXES`, e.g. training_args.bin). A symbolic link, which could point anywhere (~/.ssh, /etc),
+    is refused rather than skipped, so that nothing the user meant to upload silently goes missing.
+    """
+    names = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith(".") or name == "README.md":
+            continue
+        if os.path.islink(path):
+            raise HubPushError(
+                f"{path} is a symbolic link (to {os.readlink(path)}); only regular files inside the model folder are "
+                "uploaded. Replace the link by a copy of its file, or move it out of the folder. Nothing was changed."
+            )
+        if os.path.isfile(path) and not name.lower().endswith(PICKLE_SUFFIXES):
+            names.append(name)
+    return names
+
+
+def known_tokens(folder: str) -> set[str]:
+    """Hub tokens that must not be uploaded: the one huggingface_hub uses (HF_TOKEN or `hf auth login`'s) and any
+    `--hub_token` the folder's run_info.json recorded (a run from before commands were redacted)."""
+    from huggingface_hub import get_token
+
+    run_info = _read_json(folder, "run_info.json")
+    tokens = {get_token(), (run_info.get("training_args") or {}).get("hub_token")}
+    for _, value in HUB_TOKEN_ARGUMENT.findall(str(run_info.get("command") or "")):
+        tokens.add(value.strip("'\""))
+    # A token is 8+ letters, digits, "_" or "-" (hf_...). That leaves out masks such as TrainingArguments.to_dict's
+    # "<HUB_TOKEN>" or "***", and short values, which would match weight bytes by chance.
+    return {t for t in tokens if isinstance(t, str) and re.fullmatch(r"[\w-]{8,}", t) and "redacted" not in t.lower()}
+
+
+def _holds_any(path: str, secrets: list[bytes]) -> bool:
+    """Whether the file's bytes contain one of `secrets`, read in chunks that overlap by the longest secret."""
+    overlap = max(len(secret) for secret in secrets) - 1
+    tail = b""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            window = tail + chunk
+            if any(secret in window for secret in secrets):
+                return True
+            tail = window[-overlap:]
+    return False
+
+
+def _refuse_token_holders(staging: str, folder: str, secrets: list[bytes]) -> None:
+    for name in sorted(os.listdir(staging)):
+        if _holds_any(os.path.join(staging, name), secrets):
+            source = "its model card" if name == "README.md" else os.path.join(folder, name)
+            raise HubPushError(
+                f"{source} holds a Hugging Face token (the one in use, or a --hub_token that run_info.json "
+                "recorded); nothing was staged. Remove the token from the file, and revoke it if it was shared."
+            )
+
+
 def stage_for_upload(
     folder: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -224,21 +407,24 @@ def stage_for_upload(
 ) -> str:
     """Write the folder that would be uploaded to `out_dir` (a new or empty folder), crash-safely; return its path.
 
-    It holds the folder's top-level files (no checkpoints, no hidden files) and README.md = the card, built from
-    the staged copy so that it describes exactly what is uploaded.
+    It holds the folder's `upload_names` and README.md = the card, built from the staged copy so that it describes
+    exactly what is uploaded. A file holding a `known_tokens` value stops the staging with a `HubPushError`.
     """
     folder, out_dir = os.path.abspath(os.fspath(folder)), os.path.abspath(os.fspath(out_dir))
     _fail_if_incomplete(folder)
+    names = upload_names(folder)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise HubPushError(f"{out_dir} already exists and is not an empty folder; choose a new output folder.")
     if out_dir == folder or out_dir.startswith(folder + os.sep):
         raise HubPushError(f"The output folder {out_dir} must lie outside the model folder {folder}.")
+    secrets = [token.encode() for token in known_tokens(folder)]
 
     def write(staging: str) -> None:
-        for name in sorted(os.listdir(folder)):
-            if os.path.isfile(os.path.join(folder, name)) and not name.startswith(".") and name != "README.md":
-                shutil.copy2(os.path.join(folder, name), os.path.join(staging, name))
+        for name in names:
+            shutil.copyfile(os.path.join(folder, name), os.path.join(staging, name), follow_symlinks=False)
         build_model_card(staging, repo_id, stock_vit_repo_id, revision).save(os.path.join(staging, "README.md"))
+        if secrets:
+            _refuse_token_holders(staging, folder, secrets)
 
     return save_folder_atomically(out_dir, write, last="README.md")
 
@@ -323,6 +509,8 @@ def push_to_hub(
     dry_run_dir: str | os.PathLike | None = None,
 ) -> dict[str, str | None]:
     """Stage the folder with its card and upload it (or, with `dry_run_dir`, only write the staged folder).
+
+    Both go through `stage_for_upload`: regular files only (a symbolic link is refused), no pickles, no Hub token.
 
     The card of an upload pins, in its `trust_remote_code=True` snippets, the commit that holds the code: a second
     commit sets that revision once the first one has a hash. Returns the staged folders (`"staged"`,
@@ -445,10 +633,13 @@ __all__ = [
     "HubPushError",
     "RunFolderError",
     "build_model_card",
+    "card_fields",
     "check_folder_complete",
     "flops_per_image",
     "push_to_hub",
+    "redact_hub_token",
     "stage_for_upload",
+    "upload_names",
 ]
 
 

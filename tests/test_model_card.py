@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from hf_vit_d2l.hub import (
     HubPushError,
     RunFolderError,
     build_model_card,
+    card_fields,
     check_folder_complete,
     flops_per_image,
     stage_for_upload,
@@ -125,7 +127,13 @@ def make_run_folder(path, with_eval: bool = True, with_results: bool = True) -> 
                 "train_samples": 500,
                 "eval_samples": 200,
                 "eval_split": "test",
-                "training_args": {"learning_rate": 0.1, "optim": "sgd", "max_steps": -1, "num_train_epochs": 2},
+                "training_args": {
+                    "learning_rate": 0.1,
+                    "optim": "sgd",
+                    "max_steps": -1,
+                    "num_train_epochs": 2,
+                    "hub_token": "<HUB_TOKEN>",  # TrainingArguments.to_dict's mask of every *_token
+                },
             },
         )
         dump(
@@ -189,7 +197,8 @@ def test_flops_tiny_config_equals_hand_count():
         + 2 * 2 * 17 * 32 * 37  # MLP
         + 2 * 32 * 10  # head
     )
-    assert flops_per_image(config) == hand == 307_584
+    assert hand == 307_584
+    assert flops_per_image(config) == hand
 
 
 @pytest.mark.parametrize("config", [ViTD2LConfig(**TINY), get_preset("vit_d2l_fashion_mnist")], ids=["tiny", "book"])
@@ -208,16 +217,42 @@ def test_flops_book_config_is_about_half_a_gflop():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The card
+# The card: the fields Python computes, and a template that only places them
 # ---------------------------------------------------------------------------------------------------------------
 
+TEMPLATE = os.path.join(REPO_ROOT, "hf_vit_d2l", "templates", "model_card.md")
+PLACEHOLDER = re.compile(r"\{\{ *([\w.]+) *\}\}")
 
-def test_card_metadata_and_sections(run_folder, tmp_path):
+
+def _rows(table: str) -> list[list[str]]:
+    """The cells of Markdown table rows."""
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()]
+
+
+def test_template_is_prose_with_placeholders_and_simple_ifs(run_folder):
+    """Every Jinja tag is `{{ name }}` or a simple `{% if name %}` / else / endif on its own line."""
+    with open(TEMPLATE) as f:
+        template = re.sub(r"\{#.*?#\}", "", f.read(), flags=re.DOTALL)  # Jinja comments
+    tag_lines = [line for line in template.splitlines() if "{%" in line]
+    assert tag_lines, "the template has no {% if %} blocks at all"
+    for line in tag_lines:
+        assert re.fullmatch(r"\{%-? (if \w+|else|endif) %\}", line), line
+    expressions = re.findall(r"\{\{(.*?)\}\}", template)
+    assert expressions, "the template has no placeholders"
+    for expression in expressions:
+        assert re.fullmatch(r" [\w.]+ ", expression), expression
+    used = {name.split(".")[0] for name in PLACEHOLDER.findall(template)}
+    used |= set(re.findall(r"\{%-? if (\w+) %\}", template))
+    field_names = set(card_fields(run_folder))
+    assert used - {"card_data"} <= field_names, f"not computed by card_fields: {used - field_names}"
+    assert field_names - {"metadata"} <= used, f"computed but never shown: {field_names - used - {'metadata'}}"
+
+
+def test_card_metadata(run_folder, tmp_path):
     card = build_model_card(run_folder, repo_id="someone/vit-d2l-tiny")
     path = tmp_path / "README.md"
     card.save(path)
-    parsed = ModelCard.load(path)  # a round trip through the Hub's own parser
-    data = parsed.data
+    data = ModelCard.load(path).data  # a round trip through the Hub's own parser
     with open(os.path.join(run_folder, "eval_results.json")) as f:
         eval_json = json.load(f)
 
@@ -236,54 +271,134 @@ def test_card_metadata_and_sections(run_folder, tmp_path):
     model_index = data.to_dict()["model-index"]
     assert model_index[0]["results"][0]["metrics"][0]["value"] == eval_json["accuracy"]
 
-    text = parsed.text
+
+def test_card_fields_of_a_full_run(run_folder):
+    fields = card_fields(run_folder, repo_id="someone/vit-d2l-tiny")
+    with open(os.path.join(run_folder, "eval_results.json")) as f:
+        eval_json = json.load(f)
+    model = ViTD2LForImageClassification.from_pretrained(run_folder)
+    flops = flops_per_image(model.config)
+
+    assert fields["model_name"] == "vit-d2l-tiny"
+    assert fields["repo_id"] == "someone/vit-d2l-tiny"
+    assert fields["revision"] == "main"
+    assert fields["training_data"] == "Fashion-MNIST"
+    assert fields["data_source"] == "[Fashion-MNIST](https://huggingface.co/datasets/zalando-datasets/fashion_mnist)"
+    # The test evaluation: eval_results.json of scripts/evaluate.py
+    assert fields["accuracy"] == f"{100 * eval_json['accuracy']:.2f}%"
+    assert fields["accuracy_source"] == "eval_results.json"
+    assert fields["test_images"] == "200 test images"
+    assert fields["test_loss"] == f"{eval_json['loss']:.4f}"
+    per_class = [[name, f"{100 * eval_json['per_class_accuracy'][name]:.2f}%"] for name in FASHION_MNIST_LABELS]
+    assert _rows(fields["per_class_rows"]) == per_class
+    assert fields["confusion_matrix"] is True
+    assert fields["inverted_accuracy"] == "12.34%"
+    assert fields["upright_accuracy"] == fields["accuracy"]
+    assert fields["inverted_images"] == "200 test images"
+    # The model
+    assert fields["pooled"] == "`<cls>` token"
+    assert fields["num_tokens"] == 17
+    assert fields["parameters"] == f"{sum(p.numel() for p in model.parameters()):,}"
+    assert fields["forward_flops"] == f"{flops:,} ({flops / 1e6:.3g} MFLOP)"
+    assert fields["training_flops"] == f"{3 * flops:,} ({3 * flops / 1e6:.3g} MFLOP)"
+    assert fields["differs_from_book"] is False
+    assert fields["test_time_flip"] is False
+    assert fields["normalisation"] == "no normalisation"
+    # The run
+    assert fields["run_dataset"] == "fashion_mnist (local IDX files)"
+    assert fields["train_samples"] == "500"
+    assert fields["eval_samples"] == "200"
+    assert fields["eval_split"] == "test"
+    assert fields["recipe"] == "book"
+    assert fields["hardware"] == "2 CPU cores (test fixture)"
+    assert fields["num_processes"] == "1"
+    assert fields["training_time"] == "12.3 s, 81.0 samples/s, 2.0 epochs"
+    assert fields["command"] == "python scripts/train.py --recipe book --max_train_samples 500"
+    hyperparameters = dict(_rows(fields["hyperparameter_rows"]))
+    assert hyperparameters["learning_rate"] == "0.1"
+    assert hyperparameters["optim"] == "sgd"
+    assert "max_steps" not in hyperparameters, "-1 means unset"
+    assert hyperparameters["seed"] == "42"
+    epochs = _rows(fields["epoch_rows"])
+    assert epochs[0] == ["1.0", "2.3100", "2.2900", "11.00%"]
+    assert epochs[1] == ["2.0", "2.2000", fields["test_loss"], fields["accuracy"]]
+    assert fields["training_curves"] is True
+
+
+def test_rendered_card_shows_every_field(run_folder):
+    fields = card_fields(run_folder, repo_id="someone/vit-d2l-tiny", stock_vit_repo_id="someone/vit-d2l-stock")
+    text = build_model_card(run_folder, repo_id="someone/vit-d2l-tiny", stock_vit_repo_id="someone/vit-d2l-stock").text
+    for name, value in fields.items():
+        if isinstance(value, str) and value:
+            assert value in text, f"field {name} = {value!r} is not in the card"
     for section in REQUIRED_SECTIONS:
         assert section in text
-    assert "test images inverted" in text and "right\n12.34% of the time" in text  # dark items on white
-    model = ViTD2LForImageClassification.from_pretrained(run_folder)
-    assert f"| parameters | | {sum(p.numel() for p in model.parameters()):,} |" in text
-    assert f"{flops_per_image(model.config):,}" in text
-    assert "| patch size | `patch_size` | 7 (16 patches, 17 tokens with `<cls>`) |" in text
-    assert f"**{100 * eval_json['accuracy']:.2f}%**" in text
-    for name in FASHION_MNIST_LABELS:
-        assert f"| {name} | {100 * eval_json['per_class_accuracy'][name]:.2f}% |" in text
-    assert "(confusion_matrix.png)" in text and "(training_curves.png)" in text
-    assert "trust_remote_code=True" in text and "someone/vit-d2l-tiny" in text
+    assert "(confusion_matrix.png)" in text
+    assert "(training_curves.png)" in text
+    assert "None" not in text
     for line in text.splitlines():  # every remote-code snippet pins a revision
-        if "trust_remote_code=True" in line and "from_pretrained(" in line or "pipeline(" in line:
+        if ("trust_remote_code=True" in line and "from_pretrained(" in line) or "pipeline(" in line:
             assert "revision=" in line, line
-    assert "| learning_rate | 0.1 |" in text and "| optim | sgd |" in text and "max_steps" not in text
-    assert "to_transformers_vit" in text
-    assert "python scripts/train.py --recipe book --max_train_samples 500" in text
-    assert "12.3 s" in text and "2 CPU cores (test fixture)" in text
-    assert "[Fashion-MNIST](https://huggingface.co/datasets/zalando-datasets/fashion_mnist)" in text
-    assert "Zalando SE, MIT licence" in text and "MIT-0" in text
     for citation in ("@book{zhang2023dive", "@inproceedings{dosovitskiy2021image", "@article{xiao2017fashionmnist"):
         assert citation in text
 
 
 def test_card_says_not_measured_when_figures_are_missing(tmp_path):
     folder = make_run_folder(tmp_path / "bare", with_eval=False, with_results=False)
-    card = build_model_card(folder)
-    assert card.data.eval_results is None
-    assert "model-index" not in card.data.to_dict()
-    assert f"**Test accuracy: {NOT_MEASURED}**" in card.text
-    assert f"Per-class accuracy: {NOT_MEASURED}" in card.text
-    assert f"Confusion matrix: {NOT_MEASURED}" in card.text
-    assert f"Training time: {NOT_MEASURED}" in card.text
-    assert "Recipe: not measured" in card.text
-    assert card.data.datasets is None  # no run_info.json: the dataset is not known
+    fields = card_fields(folder)
+    assert fields["metadata"].eval_results is None
+    assert "model-index" not in fields["metadata"].to_dict()
+    assert fields["metadata"].datasets is None  # no run_info.json: the dataset is not known
+    assert fields["accuracy"] == NOT_MEASURED
+    assert fields["accuracy_source"] is None
+    assert fields["per_class_rows"] == ""
+    assert fields["confusion_matrix"] is False
+    assert fields["inverted_accuracy"] is None
+    assert fields["training_time"] == NOT_MEASURED
+    assert fields["recipe"] == NOT_MEASURED
+    assert fields["command"] is None
+    assert fields["hyperparameter_rows"] == ""
+    assert fields["epoch_rows"] == ""
+    assert fields["training_curves"] is False
+    assert fields["training_data"] == "a local image folder"
+    assert fields["repo_id"] == "YOUR_USER/vit-d2l"
+    text = build_model_card(folder).text
     for section in REQUIRED_SECTIONS:
-        assert section in card.text
+        assert section in text
+    assert "| class | accuracy |" not in text
+    assert "confusion_matrix.png" not in text
+    assert NOT_MEASURED in text
 
 
-def test_card_states_flip_test_time_augmentation(tmp_path):
-    folder = make_run_folder(tmp_path / "tta", with_eval=False, with_results=False)
-    assert "test-time augmentation" not in build_model_card(folder).text  # the book's one pass: nothing to say
+def test_card_fields_of_the_models_options(tmp_path):
+    folder = make_run_folder(tmp_path / "options", with_eval=False, with_results=False)
+    assert "test_time_flip=True" not in build_model_card(folder).text  # the book's one pass: nothing to say
     config = ViTD2LConfig.from_pretrained(folder)
     config.test_time_flip = True
+    config.pooling = "mean"
     config.save_pretrained(folder)
-    assert "Predictions use flip test-time augmentation (`config.test_time_flip=True`" in build_model_card(folder).text
+    processor = json.loads((tmp_path / "options" / "preprocessor_config.json").read_text())
+    processor.update(do_normalize=True, image_mean=[0.5], image_std=[0.25])
+    (tmp_path / "options" / "preprocessor_config.json").write_text(json.dumps(processor))
+    fields = card_fields(folder)
+    assert fields["test_time_flip"] is True
+    assert fields["differs_from_book"] is True
+    assert fields["pooled"] == "mean of the patch tokens"
+    assert fields["normalisation"] == "normalised with mean [0.5] and std [0.25]"
+    text = build_model_card(folder).text
+    assert "test_time_flip=True" in text
+    assert "pooling `mean`" in text
+
+
+def test_card_inverted_accuracy_without_a_sample_count(tmp_path):
+    folder = make_run_folder(tmp_path / "old_eval")
+    results = json.loads((tmp_path / "old_eval" / "eval_results.json").read_text())
+    del results["num_samples"]
+    (tmp_path / "old_eval" / "eval_results.json").write_text(json.dumps(results))
+    fields = card_fields(folder)
+    assert fields["inverted_accuracy"] == "12.34%"
+    assert fields["inverted_images"] == "test images"
+    assert fields["inverted_images"] in build_model_card(folder).text
 
 
 def test_card_falls_back_to_all_results_accuracy(tmp_path):
@@ -291,37 +406,47 @@ def test_card_falls_back_to_all_results_accuracy(tmp_path):
     folder = make_run_folder(tmp_path / "noeval", with_eval=True)
     os.remove(os.path.join(folder, "confusion_matrix.png"))
     with open(os.path.join(folder, "all_results.json")) as f:
-        accuracy = json.load(f)["eval_accuracy"]
+        all_results = json.load(f)
     with open(os.path.join(folder, "eval_results.json"), "w") as f:
-        json.dump({"epoch": 2.0, "eval_accuracy": accuracy, "eval_loss": 2.3, "eval_samples": 200}, f)
+        json.dump({"epoch": 2.0, "eval_accuracy": all_results["eval_accuracy"], "eval_loss": 2.3}, f)
     for remove in (False, True):
         if remove:
             os.remove(os.path.join(folder, "eval_results.json"))
-        card = build_model_card(folder)
-        assert card.data.eval_results[0].metric_value == accuracy
-        assert "(`all_results.json`)" in card.text
-        assert f"Per-class accuracy: {NOT_MEASURED}" in card.text
-        assert f"Confusion matrix: {NOT_MEASURED}" in card.text
+        fields = card_fields(folder)
+        assert fields["metadata"].eval_results[0].metric_value == all_results["eval_accuracy"], f"removed: {remove}"
+        assert fields["accuracy_source"] == "all_results.json", f"removed: {remove}"
+        assert fields["test_loss"] == f"{all_results['eval_loss']:.4f}", f"removed: {remove}"
+        assert fields["per_class_rows"] == "", f"removed: {remove}"
+        assert fields["confusion_matrix"] is False, f"removed: {remove}"
 
 
 def test_card_dataset_is_the_runs_dataset(tmp_path):
     folder = make_run_folder(tmp_path / "other", with_eval=False)
     info = json.loads((tmp_path / "other" / "run_info.json").read_text())
-    for dataset_id, expected in (("someone/clothes", ["someone/clothes"]), (None, None)):
+    cases = (
+        ("someone/clothes", ["someone/clothes"], "[someone/clothes](https://huggingface.co/datasets/someone/clothes)"),
+        (None, None, "my folder of images"),
+    )
+    for dataset_id, expected, source in cases:
         info.update(dataset_id=dataset_id, dataset="my folder of images")
         (tmp_path / "other" / "run_info.json").write_text(json.dumps(info))
-        card = build_model_card(folder)
-        assert card.data.datasets == expected
-        assert "fashion-mnist" not in card.data.tags
-        assert card.data.eval_results[0].dataset_type == (dataset_id or "imagefolder")
+        fields = card_fields(folder)
+        assert fields["metadata"].datasets == expected
+        assert "fashion-mnist" not in fields["metadata"].tags
+        assert fields["metadata"].eval_results[0].dataset_type == (dataset_id or "imagefolder")
+        assert fields["data_source"] == source
+        assert fields["training_data"] == (dataset_id or "my folder of images")
 
 
 def test_card_ignores_a_validation_split_accuracy(tmp_path):
     folder = make_run_folder(tmp_path / "val", with_eval=False)
     info = json.loads((tmp_path / "val" / "run_info.json").read_text())
     (tmp_path / "val" / "run_info.json").write_text(json.dumps({**info, "eval_split": "validation"}))
-    card = build_model_card(folder)
-    assert card.data.eval_results is None and f"**Test accuracy: {NOT_MEASURED}**" in card.text
+    fields = card_fields(folder)
+    assert fields["metadata"].eval_results is None
+    assert fields["accuracy"] == NOT_MEASURED
+    assert fields["accuracy_source"] is None
+    assert fields["eval_split"] == "validation"
 
 
 def test_card_rejects_non_model_folders(tmp_path):
@@ -407,7 +532,8 @@ def test_dry_run_folder_is_complete_and_loads_without_the_package(run_folder, tm
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["model"].startswith("transformers_modules.")  # the folder's code, not the package
-    assert len(result["labels"]) == 3 and set(result["labels"]) <= set(FASHION_MNIST_LABELS)
+    assert len(result["labels"]) == 3, result
+    assert set(result["labels"]) <= set(FASHION_MNIST_LABELS), result
 
     # Same image through the package gives the same probabilities.
     model = ViTD2LForImageClassification.from_pretrained(run_folder).eval()
@@ -424,7 +550,8 @@ def test_dry_run_refuses_to_overwrite(run_folder, tmp_path):
     (target / "keep.txt").write_text("mine")
     with pytest.raises(HubPushError, match="already exists"):
         stage_for_upload(run_folder, target)
-    assert os.listdir(target) == ["keep.txt"] and (target / "keep.txt").read_text() == "mine"
+    assert os.listdir(target) == ["keep.txt"]
+    assert (target / "keep.txt").read_text() == "mine"
     with pytest.raises(HubPushError, match="outside the model folder"):
         stage_for_upload(run_folder, os.path.join(run_folder, "upload"))
 
@@ -462,8 +589,10 @@ def test_push_cli_offline_fails_fast_with_a_clear_message_and_changes_nothing(ru
     before = _tree_digest(run_folder)
     proc, seconds = _push_cli(run_folder, tmp_path, {"HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_fake"})
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "HF_HUB_OFFLINE is set" in proc.stderr and "Nothing was changed" in proc.stderr
-    assert "--dry_run" in proc.stderr and "Traceback" not in proc.stderr
+    assert "HF_HUB_OFFLINE is set" in proc.stderr
+    assert "Nothing was changed" in proc.stderr
+    assert "--dry_run" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert seconds < 60  # the imports; no network wait at all
     assert _tree_digest(run_folder) == before
     assert not [n for n in os.listdir(os.path.dirname(run_folder)) if n.startswith(".")]
@@ -544,8 +673,10 @@ def test_push_cli_damaged_weights_get_one_line(run_folder, tmp_path):
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.count("\n") == 1 and f"{weights} is damaged" in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert f"{weights} is damaged" in proc.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -562,7 +693,9 @@ def test_dry_run_with_stock_vit_export(run_folder, tmp_path):
     assert not [n for n in os.listdir(stock_dir) if n.endswith(".py")]
     with open(os.path.join(stock_dir, "config.json")) as f:
         config = json.load(f)
-    assert config["model_type"] == "vit" and "auto_map" not in config and config["num_channels"] == 3
+    assert config["model_type"] == "vit"
+    assert "auto_map" not in config
+    assert config["num_channels"] == 3
     stock = AutoModelForImageClassification.from_pretrained(stock_dir).eval()
     assert isinstance(stock, ViTForImageClassification)
     image = Image.fromarray(_test_images(1)[0][0], "L")
@@ -593,7 +726,8 @@ def test_stock_export_of_a_mean_pooling_model_is_refused_before_any_work(run_fol
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(HubPushError, match="pooling='mean'.*Drop --also_stock_vit_repo"):
         push_to_hub(folder, "u/m", stock_vit_repo_id="u/m-stock", dry_run_dir=tmp_path / "out")
-    assert not (tmp_path / "out").exists() and not (tmp_path / "out-stock-vit").exists()
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out-stock-vit").exists()
 
 
 def test_upload_pins_the_uploaded_commit_in_the_card(run_folder, monkeypatch):
@@ -630,13 +764,14 @@ def test_upload_pins_the_uploaded_commit_in_the_card(run_folder, monkeypatch):
         "commit": "0123456789abcdef0123456789abcdef01234567",
     }
     assert calls[0] == ("token", "hf_token")
-    assert (
-        calls[1][:2] == ("folder", "u/m") and {"README.md", "model.safetensors", "modeling_vit_d2l.py"} <= calls[1][2]
-    )
+    assert calls[1][:2] == ("folder", "u/m")
+    assert {"README.md", "model.safetensors", "modeling_vit_d2l.py"} <= calls[1][2]
     kind, repo, path, card = calls[2]
     assert (kind, repo, path) == ("file", "u/m", "README.md")
-    assert f'trust_remote_code=True, revision="{oid}"' in card and f'"u/m", "{oid}"' in card
-    assert calls[3][:2] == ("folder", "u/m-stock") and "config.json" in calls[3][2]
+    assert f'trust_remote_code=True, revision="{oid}"' in card
+    assert f'"u/m", "{oid}"' in card
+    assert calls[3][:2] == ("folder", "u/m-stock")
+    assert "config.json" in calls[3][2]
 
 
 def test_get_test_accuracy_never_reports_a_validation_split():
