@@ -2,7 +2,7 @@
 
 `build_model_card` renders `templates/model_card.md` (Jinja, via `huggingface_hub.ModelCard.from_template`) with
 the values `card_fields` computes from the run's own files: `config.json`, `run_info.json`, `all_results.json`,
-`trainer_state.json`, and after `scripts/evaluate.py` `eval_results.json` and `confusion_matrix.png`.
+`trainer_state.json`, and after `scripts/run_evaluation.py` `eval_results.json` and `confusion_matrix.png`.
 `push_to_hub` stages and uploads the folder with its card: regular files only, no pickles, no Hub token.
 
     from hf_vit_d2l.hub import build_model_card
@@ -27,8 +27,9 @@ from transformers import HfArgumentParser
 
 from .configuration_vit_d2l import ViTD2LConfig
 from .data import HUB_DATASET_ID
-from .evaluation import ModelLoadError, check_model_folder, count_parameters, read_json
+from .evaluation import ModelLoadError, check_model_folder, count_parameters, load_model, read_json
 from .image_processing_vit_d2l import LUMA
+from .modeling_vit_d2l import ViTD2LForImageClassification
 from .utils import hub_available, save_folder_atomically
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -456,7 +457,6 @@ def stage_stock_vit(folder: str | os.PathLike, out_dir: str | os.PathLike, repo_
     from transformers import ViTImageProcessorPil
 
     from .convert import to_transformers_vit
-    from .modeling_vit_d2l import ViTD2LForImageClassification
 
     if os.path.exists(out_dir):
         raise HubPushError(f"{out_dir} already exists; choose a new output folder for the stock-ViT export.")
@@ -522,6 +522,10 @@ def push_to_hub(
     if stock_vit_repo_id is not None and (stock_vit_repo_id.count("/") != 1 or stock_vit_repo_id == repo_id):
         raise HubPushError(f"--also_stock_vit_repo must be a second USER/NAME repository, got {stock_vit_repo_id!r}.")
     _fail_if_incomplete(folder)
+    try:  # strict: weights that do not fit config.json are refused before anything is staged
+        load_model(folder, model_class=ViTD2LForImageClassification)
+    except ModelLoadError as err:
+        raise HubPushError(str(err)) from None
     pooling = _read_json(folder, "config.json").get("pooling", "cls")
     if stock_vit_repo_id is not None and pooling != "cls":
         raise HubPushError(

@@ -44,6 +44,7 @@ from .configuration_vit_d2l import ViTD2LConfig
 from .ema import EMACallback
 from .evaluation import ModelLoadError, count_parameters, load_model
 from .fast_dropout import replace_dropout_modules
+from .hub import HubPushError, push_to_hub, redact_hub_token
 from .image_processing_vit_d2l import ViTD2LImageProcessor
 from .modeling_vit_d2l import ViTD2LForImageClassification
 from .presets import PRESETS, parse_config_overrides
@@ -272,19 +273,22 @@ def resolve_run_settings(training_args: TrainingArguments, run_args: RunArgument
     return return_batch
 
 
-def check_hub_access(training_args: TrainingArguments) -> None:
-    """With --push_to_hub, fail now (before data and training) when the Hub is unreachable or no token works."""
+def check_hub_access(training_args: TrainingArguments) -> str | None:
+    """With --push_to_hub, the repository to push to (--hub_model_id, or the user's namespace and the output folder's
+    name); fails now (before data and training) when the Hub is unreachable or no token works."""
     if not training_args.push_to_hub:
-        return
+        return None
     hint = f"Drop --push_to_hub; push the finished folder with scripts/push_to_hub.py {training_args.output_dir}."
     if not hub_available():
         raise TrainingSetupError(f"--push_to_hub needs the Hugging Face Hub, which is offline or unreachable. {hint}")
     from huggingface_hub import HfApi
 
     try:
-        HfApi().whoami(token=training_args.hub_token)
+        user = HfApi().whoami(token=training_args.hub_token)["name"]
     except Exception as err:
         raise TrainingSetupError(f"--push_to_hub: the Hub refused the token ({err}); run `hf auth login`. {hint}")
+    repo_id = training_args.hub_model_id or os.path.basename(os.path.normpath(training_args.output_dir))
+    return repo_id if "/" in repo_id else f"{user}/{repo_id}"
 
 
 def checkpoint_problem(path: str) -> str | None:
@@ -515,23 +519,6 @@ class EpochSummaryCallback(TrainerCallback):
         )
 
 
-class ViTD2LTrainer(Trainer):
-    """`Trainer` whose `--push_to_hub` card is this project's (every figure from the run's own files)."""
-
-    def create_model_card(self, *args, **kwargs) -> None:
-        # The Trainer's own card says "fine-tuned version of [](...)" for a model trained from scratch.
-        if not self.is_world_process_zero():
-            return
-        from .hub import RunFolderError, build_model_card
-
-        try:
-            card = build_model_card(self.args.output_dir, repo_id=self.args.hub_model_id)
-        except (RunFolderError, OSError) as err:
-            logger.warning("No model card from the run's files yet (%s); writing the Trainer's.", err)
-            return super().create_model_card(*args, **kwargs)
-        card.save(os.path.join(self.args.output_dir, "README.md"))
-
-
 def save_final_model(trainer: Trainer) -> None:
     """The model, code files and image processor in --output_dir, moved in whole (config.json last)."""
     if trainer.is_fsdp_enabled:
@@ -584,7 +571,10 @@ def main(argv: list[str] | None = None) -> tuple[Trainer, dict[str, float]]:
     check_arguments(training_args, run_args)
     check_precision(training_args)
     global_batch = resolve_run_settings(training_args, run_args, explicit)
-    check_hub_access(training_args)
+    push_repo_id = check_hub_access(training_args)
+    # One push at the end, through the same staging as push_to_hub.py (no pickles, links or tokens), instead of the
+    # Trainer's, which uploads the output folder as it is at every save.
+    training_args.push_to_hub = False
     keep_token_out_of_files(training_args)
     checkpoint = resolve_checkpoint(training_args, run_args.overwrite_output_dir)
     if run_args.overwrite_output_dir and checkpoint is None:
@@ -624,10 +614,11 @@ def main(argv: list[str] | None = None) -> tuple[Trainer, dict[str, float]]:
     )
     run_info = describe_run(training_args, run_args, data_args, model, checkpoint, global_batch)
     run_info.update(dataset=description, train_samples=len(train_dataset), eval_samples=len(eval_dataset))
+    run_info["push_repo_id"] = push_repo_id
     train_dataset, eval_dataset = prepare_datasets(train_dataset, eval_dataset, processor, data_args)
 
     # Initialize our trainer
-    trainer = ViTD2LTrainer(
+    trainer = Trainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -647,7 +638,7 @@ def describe_run(training_args, run_args, data_args, model, checkpoint: str | No
     """The run's record for `run_info.json`, which the model card reads."""
     return {
         "recipe": run_args.recipe,
-        "command": recorded_command(sys.argv),
+        "command": redact_hub_token(shlex.join([Path(sys.executable).name, *sys.argv])),
         "hardware": hardware_description(training_args),
         "cpu_isa": cpu_isa(),
         "seed": training_args.seed,
@@ -667,17 +658,6 @@ def describe_run(training_args, run_args, data_args, model, checkpoint: str | No
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "training_args": json.loads(training_args.to_json_string()),
     }
-
-
-def recorded_command(argv: list[str]) -> str:
-    """The command line as a shell would take it, with the value of --hub_token replaced by <redacted>."""
-    words = [Path(sys.executable).name, *argv]
-    for i, word in enumerate(words):
-        if word.startswith("--hub_token="):
-            words[i] = "--hub_token=<redacted>"
-        elif i > 0 and words[i - 1] == "--hub_token":
-            words[i] = "<redacted>"
-    return " ".join(shlex.quote(word) for word in words)
 
 
 def keep_token_out_of_files(training_args: TrainingArguments) -> None:
@@ -717,8 +697,9 @@ def train_and_evaluate(trainer: Trainer, checkpoint: str | None, run_info: dict)
         write_json_atomic(os.path.join(args.output_dir, "run_info.json"), run_info)
         curves = os.path.join(args.output_dir, "training_curves.png")
         plot_training_curves(trainer.state.log_history, curves, title=f"ViT (d2l), recipe {run_info['recipe']}")
-    if args.push_to_hub:
-        trainer.push_to_hub(commit_message=f"Train with recipe {run_info['recipe']}")
+    if run_info["push_repo_id"] and trainer.is_world_process_zero():
+        result = push_to_hub(args.output_dir, run_info["push_repo_id"], private=bool(args.hub_private_repo))
+        logger.info("Uploaded to %s", result["url"])
     return {**train_metrics, **eval_metrics}
 
 
@@ -727,7 +708,7 @@ def run(argv: list[str] | None = None) -> int:
     clear line and exit status 2, not a traceback."""
     try:
         trainer, _ = main(argv)
-    except (TrainingSetupError, data.DataUnavailableError, data.IDXFormatError) as err:
+    except (TrainingSetupError, data.DataUnavailableError, data.IDXFormatError, HubPushError) as err:
         logger.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -755,7 +736,6 @@ __all__ = [
     "ModelArguments",
     "RunArguments",
     "TrainingSetupError",
-    "ViTD2LTrainer",
     "leave_process_group",
     "main",
     "parse_args",

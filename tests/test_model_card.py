@@ -1,7 +1,7 @@
 """Model card (rendered from the template), FLOPs, and Hub staging/push, on a tiny real model and real test images.
 
 The training folder is fabricated here (tiny model saved with `save_pretrained`, image processor, JSON files with the
-keys scripts/train.py and scripts/evaluate.py write, small PNGs), so these tests do not depend on the training code.
+keys scripts/train.py and scripts/run_evaluation.py write, small PNGs), so these tests do not depend on training.
 Its evaluation figures are computed from the tiny model's real predictions on real Fashion-MNIST test images.
 """
 
@@ -75,7 +75,7 @@ def _test_images(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_run_folder(path, with_eval: bool = True, with_results: bool = True) -> str:
-    """A training output folder as scripts/train.py (+ scripts/evaluate.py) leave it, from a tiny real model."""
+    """A training output folder as scripts/train.py (+ scripts/run_evaluation.py) leave it, from a tiny real model."""
     torch.manual_seed(0)
     model = ViTD2LForImageClassification(ViTD2LConfig(**TINY)).eval()
     processor = ViTD2LImageProcessor(size={"height": 28, "width": 28})
@@ -284,7 +284,7 @@ def test_card_fields_of_a_full_run(run_folder):
     assert fields["revision"] == "main"
     assert fields["training_data"] == "Fashion-MNIST"
     assert fields["data_source"] == "[Fashion-MNIST](https://huggingface.co/datasets/zalando-datasets/fashion_mnist)"
-    # The test evaluation: eval_results.json of scripts/evaluate.py
+    # The test evaluation: eval_results.json of scripts/run_evaluation.py
     assert fields["accuracy"] == f"{100 * eval_json['accuracy']:.2f}%"
     assert fields["accuracy_source"] == "eval_results.json"
     assert fields["test_images"] == "200 test images"
@@ -402,7 +402,7 @@ def test_card_inverted_accuracy_without_a_sample_count(tmp_path):
 
 
 def test_card_falls_back_to_all_results_accuracy(tmp_path):
-    """Before scripts/evaluate.py runs, eval_results.json is the Trainer's (eval_-prefixed keys) or absent."""
+    """Before scripts/run_evaluation.py runs, eval_results.json is the Trainer's (eval_-prefixed keys) or absent."""
     folder = make_run_folder(tmp_path / "noeval", with_eval=True)
     os.remove(os.path.join(folder, "confusion_matrix.png"))
     with open(os.path.join(folder, "all_results.json")) as f:
@@ -784,7 +784,7 @@ def test_get_test_accuracy_never_reports_a_validation_split():
         100,
         "all_results.json",
     )
-    evaluated = {"accuracy": 0.88, "num_samples": 10000}  # scripts/evaluate.py's test-split result wins
+    evaluated = {"accuracy": 0.88, "num_samples": 10000}  # scripts/run_evaluation.py's test-split result wins
     assert get_test_accuracy(evaluated, all_results, {"eval_split": "validation"}) == (
         0.88,
         10000,

@@ -306,3 +306,56 @@ def test_upload_sends_no_token_link_or_pickle(run_folder, tmp_path, no_login, mo
     with pytest.raises(HubPushError, match="passwd.txt is a symbolic link"):
         hub.push_to_hub(run_folder, "u/m")
     assert calls == [], "the Hub API was called"
+
+
+DATA_DIR = "/usr/share/datasets/fashion-mnist"
+TINY = "image_size=28,patch_size=7,hidden_size=32,intermediate_size=64,num_attention_heads=2,num_hidden_layers=1"
+
+
+@pytest.mark.skipif(not os.path.isdir(DATA_DIR), reason="needs Debian's dataset-fashion-mnist")
+def test_train_push_to_hub_writes_and_uploads_no_token(tmp_path, no_login, monkeypatch):
+    """`train.py --hub_token T --push_to_hub`: T is in no byte of the output folder (checkpoints included) and in no
+    byte the push hands to the Hub API (a recording stand-in for HfApi); nothing pickled is uploaded."""
+    import huggingface_hub
+
+    from hf_vit_d2l import training
+
+    token = _fake_token()
+    sent: dict[str, bytes] = {}
+
+    class RecordingApi:
+        def __init__(self, token=None):
+            pass
+
+        def whoami(self, token=None):
+            return {"name": "someone"}
+
+        def create_repo(self, repo_id, private, exist_ok):
+            sent["repo_id"] = repo_id.encode()
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            sent.update(_all_bytes(folder_path))
+            return SimpleNamespace(oid="0" * 40)
+
+        def upload_file(self, path_or_fileobj, path_in_repo, repo_id, commit_message):
+            sent[f"second commit: {path_in_repo}"] = path_or_fileobj
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    monkeypatch.setenv("HF_TOKEN", "restored-after-the-test")  # training moves the token into HF_TOKEN
+    monkeypatch.setattr(training, "hub_available", lambda: True)
+    monkeypatch.setattr(hub, "check_hub_ready", lambda: token)
+    out = tmp_path / "run"
+    argv = ["--recipe", "quick", "--config_overrides", TINY, "--data_dir", DATA_DIR, "--max_train_samples", "128"]
+    argv += ["--max_eval_samples", "64", "--num_train_epochs", "1", "--disable_tqdm", "true"]
+    argv += ["--output_dir", str(out), "--push_to_hub", "--hub_token", token, "--hub_model_id", "vit-d2l-secret"]
+    monkeypatch.setattr(sys, "argv", ["scripts/train.py", *argv])
+    training.main(argv)
+    assert sent["repo_id"] == b"someone/vit-d2l-secret", "the user's namespace"
+    assert "model.safetensors" in sent, "the weights were uploaded"
+    for name, data in {**_all_bytes(out), **sent}.items():
+        assert token.encode() not in data, f"{name} holds the token"
+    for name, data in sent.items():
+        assert not _is_pickle(data), f"{name} is an uploaded pickle"
+    info = json.loads((out / "run_info.json").read_text())
+    assert "--hub_token <redacted>" in info["command"], info["command"]

@@ -491,16 +491,10 @@ def test_end_to_end_real_fashion_mnist(tmp_path):
     assert remote["top"]["label"] == model.config.id2label[int(expected.argmax())]
     assert remote["backbone"] == "ViTD2LModel"
 
-    # --push_to_hub uploads the project's card (Trainer.create_model_card is overridden), built from this run.
-    from huggingface_hub import ModelCard
+    # --push_to_hub uploads through hub.push_to_hub, whose card is built from this run's files.
+    from hf_vit_d2l.hub import build_model_card
 
-    from hf_vit_d2l.training import ViTD2LTrainer
-
-    trainer = ViTD2LTrainer(
-        model=model, args=TrainingArguments(output_dir=str(out), hub_model_id="user/vit-d2l-test", report_to=[])
-    )
-    trainer.create_model_card(model_name="ignored", tasks="image-classification")
-    card = ModelCard.load(out / "README.md")
+    card = build_model_card(str(out), repo_id="user/vit-d2l-test")
     assert card.data.pipeline_tag == "image-classification"
     assert card.data.library_name == "transformers"
     assert card.data.eval_results[0].metric_value == results["eval_accuracy"]
