@@ -92,6 +92,33 @@ def fashion_mnist_examples(folder: str, per_class: int = 1) -> list[str]:
     return paths
 
 
+def open_image(path: str) -> Image.Image:
+    """The file's first frame, fully read, or an `OSError`/`ValueError` whose one-line message says what to do.
+
+    `predict` and the demo read files with it, so both word a file they cannot use the same way; it lives here
+    because a Space ships this file without the package."""
+    try:
+        with Image.open(path) as image:
+            image.load()  # read the pixels now: truncated files fail here, not in the batch
+            return image.copy()
+    except Image.DecompressionBombError:
+        limit = 2 * Image.MAX_IMAGE_PIXELS
+        raise ValueError(
+            f"image is over PIL's decompression-bomb limit of {limit:,} pixels (2 x PIL.Image.MAX_IMAGE_PIXELS); if "
+            "you trust the file, raise the limit with --max_image_pixels N"
+        ) from None
+    except PermissionError:
+        raise PermissionError("permission denied: the file is not readable by this user") from None
+    except Image.UnidentifiedImageError:
+        if os.path.getsize(path) == 0:
+            raise ValueError("the file is empty (0 bytes)") from None
+        raise ValueError(
+            "not an image file that PIL can read (an unknown format, or cut short in its header)"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's decoders raise these for damaged data
+        raise ValueError(f"cannot read the image ({err}); the file may be truncated or damaged") from None
+
+
 def looks_inverted(image: Image.Image) -> bool:
     """A light background (the image border is mostly bright), unlike Fashion-MNIST's light items on black."""
     gray = np.asarray(image.convert("L"))
@@ -102,17 +129,18 @@ def looks_inverted(image: Image.Image) -> bool:
 def classify(image, model, processor, top_k: int = 5):
     """One image (a file path or a PIL image) -> ({label: probability}, model input, attention overlay, note).
 
-    A file is opened with transformers' `load_image`, as `pipeline` does, so both give the same probabilities."""
+    A file is read by `open_image` (a `ValueError` or `OSError` says why it cannot be used). The image is converted
+    with transformers' `load_image`, as `pipeline` does, so both give the same probabilities."""
     if image is None:
         return None, None, None, ""
     notes = []
     if isinstance(image, (str, os.PathLike)):
-        mode = Image.open(image).mode
-        if mode in LOSSY_MODES:
-            notes.append(
-                f"The {mode} image was converted to RGB, as `pipeline` does: its {LOSSY_MODES[mode]} is lost."
-            )
-        image = load_image(os.fspath(image))
+        image = open_image(os.fspath(image))
+    if image.mode in LOSSY_MODES:
+        notes.append(
+            f"The {image.mode} image was converted to RGB, as `pipeline` does: its {LOSSY_MODES[image.mode]} is lost."
+        )
+    image = load_image(image)
     pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
     scores = dict(top_labels(model, pixel_values, top_k))
     maps = compute_attention_maps(model, pixel_values)
@@ -124,6 +152,19 @@ def classify(image, model, processor, top_k: int = 5):
             "measured on inverted test images."
         )
     return scores, enlarge(view), enlarge(overlay(view, maps.rollout[0].numpy())), "\n\n".join(notes)
+
+
+def read_upload(value) -> Image.Image:
+    """An upload as the demo's events take it (`preprocess=False`: Gradio's file data, unread), read by `open_image`.
+    A file it cannot use becomes a `gr.Error` showing predict's line; Gradio's own reading would only say that the
+    app failed."""
+    import gradio as gr
+
+    name = value.get("orig_name") or os.path.basename(value["path"])
+    try:
+        return open_image(value["path"])
+    except (OSError, ValueError) as error:
+        raise gr.Error(f"{name}: {error}") from None
 
 
 def build_demo(model, processor, examples=(), top_k: int = 5, title: str | None = None):
@@ -175,6 +216,12 @@ def build_demo(model, processor, examples=(), top_k: int = 5, title: str | None 
                 )
         outputs = [labels, seen, rollout, note]
 
+        def from_upload(value):
+            return classify(None if value is None else read_upload(value), model, processor, top_k)
+
+        def inverted(value):
+            return None if value is None else ImageOps.invert(load_image(read_upload(value)))
+
         def from_sketch(value):
             composite = None if value is None else value.get("composite")
             if composite is None:
@@ -184,9 +231,9 @@ def build_demo(model, processor, examples=(), top_k: int = 5, title: str | None 
             drawing = ImageOps.invert(Image.alpha_composite(white, composite.convert("RGBA")).convert("L"))
             return classify(drawing, model, processor, top_k) if np.asarray(drawing).any() else (None,) * 3 + ("",)
 
-        upload.change(lambda path: classify(path, model, processor, top_k), upload, outputs, api_name="classify")
+        upload.change(from_upload, upload, outputs, api_name="classify", preprocess=False)
         sketch.change(from_sketch, sketch, outputs, api_name="classify_drawing", trigger_mode="always_last")
-        invert_button.click(lambda path: path and ImageOps.invert(load_image(path)), upload, upload, api_name=False)
+        invert_button.click(inverted, upload, upload, api_name=False, preprocess=False)
     return demo
 
 
@@ -282,11 +329,20 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=None, help="Port on 127.0.0.1 (default: 7860 or the next free).")
     parser.add_argument("--top_k", type=int, default=5, help="How many labels to show.")
     parser.add_argument("--revision", default="main", help="A Hub model's branch, tag or commit sha.")
-    parser.add_argument("--trust_remote_code", action="store_true", help="Run the code shipped with a Hub model.")
+    parser.add_argument(
+        "--trust_remote_code", action="store_true", help="Run the code files stored with the model (its auto_map)."
+    )
+    guard = f"Raise PIL's decompression-bomb guard (PIL.Image.MAX_IMAGE_PIXELS, default {Image.MAX_IMAGE_PIXELS:,})."
+    parser.add_argument("--max_image_pixels", type=int, help=guard)
     args = parser.parse_args()
     if importlib.util.find_spec("gradio") is None:
         print('error: the demo needs gradio: pip install -e ".[demo]"', file=sys.stderr)
         sys.exit(2)
+    if args.max_image_pixels is not None and args.max_image_pixels < 1:
+        print(f"error: --max_image_pixels must be >= 1, got {args.max_image_pixels}", file=sys.stderr)
+        sys.exit(2)
+    if args.max_image_pixels:
+        Image.MAX_IMAGE_PIXELS = args.max_image_pixels
     try:
         serve(args.model, args.revision, port=args.port, trust_remote_code=args.trust_remote_code, top_k=args.top_k)
     except ValueError as error:

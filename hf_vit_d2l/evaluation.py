@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import sys
 import time
@@ -32,10 +33,19 @@ import numpy as np
 import torch
 import transformers
 from huggingface_hub.errors import StrictDataclassError
-from transformers import CONFIG_MAPPING, AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
+from transformers import (
+    CONFIG_MAPPING,
+    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    HfArgumentParser,
+    ImageProcessingMixin,
+    PreTrainedConfig,
+)
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from .data import DataArguments, DataUnavailableError, ImageClassificationCollator, load_splits
-from .utils import write_json_atomic
+from .utils import check_writable_folder, unsafe_pickle_message, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -105,14 +115,7 @@ def check_model_folder(folder: str, trust_remote_code: bool = False) -> dict[str
             "save_pretrained (the output folder of scripts/train.py) or a Hub id USER/NAME."
         )
     config = read_json(config_path)
-    model_type = config.get("model_type")
-    if model_type not in CONFIG_MAPPING and not (trust_remote_code and config.get("auto_map")):
-        raise ModelLoadError(
-            f"{config_path} has model_type {model_type!r}, which is not 'vit_d2l' (this package's models) nor a "
-            "model type transformers knows. Fix model_type, or pass --trust_remote_code if the folder brings its "
-            "own code (an auto_map in config.json)."
-        )
-    check_model_type(config, config_path)
+    check_model_config(config, config_path, trust_remote_code)
     count_parameters(folder)
     if not os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
         raise ModelLoadError(
@@ -120,6 +123,28 @@ def check_model_folder(folder: str, trust_remote_code: bool = False) -> dict[str
             "ViTD2LImageProcessor(size={'height': H, 'width': W}).save_pretrained(folder)."
         )
     return config
+
+
+def check_model_config(config: dict[str, Any], where: str, trust_remote_code: bool = False) -> None:
+    """Refuse a config.json (`where` names it) whose model_type no image classifier loads from: unknown to
+    transformers, not the type of the class that saved the weights, or a type without an image-classification model
+    (e.g. 'bert'). With `trust_remote_code`, a model_type the config's own code (its auto_map) defines is allowed."""
+    model_type = config.get("model_type")
+    own_code = trust_remote_code and "AutoModelForImageClassification" in (config.get("auto_map") or {})
+    if model_type not in CONFIG_MAPPING and not own_code:
+        raise ModelLoadError(
+            f"{where} has model_type {model_type!r}, which is not 'vit_d2l' (this package's models) nor a "
+            "model type transformers knows. Fix model_type, or pass --trust_remote_code if the folder brings its "
+            "own code (an auto_map in config.json)."
+        )
+    check_model_type(config, where)
+    known = model_type in CONFIG_MAPPING
+    if known and CONFIG_MAPPING[model_type] not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING and not own_code:
+        raise ModelLoadError(
+            f"{where} has model_type {model_type!r}, which has no image-classification model; expected "
+            "'vit_d2l' (this package's models) or another image-classification type of transformers (such as "
+            "'vit'). Set model_type to the type the weights were saved with."
+        )
 
 
 def architecture_model_type(name: str) -> str | None:
@@ -266,11 +291,12 @@ def load_model(
         )
     except StrictDataclassError as err:  # a config value out of range, or sizes that contradict each other
         raise ModelLoadError(f"{config_file} is not a valid config: {_first_line(err)}") from None
+    except pickle.UnpicklingError:  # torch's weights_only loader refused a pytorch_model.bin
+        raise ModelLoadError(unsafe_pickle_message(weights_name(path))) from None
     except (OSError, ValueError, KeyError, EOFError, RuntimeError, TypeError) as err:
         if isinstance(err, ModelLoadError):
             raise
-        what = f"the folder {path}" if os.path.isdir(path) else f"{path} (not a local folder, so as a Hub id)"
-        raise ModelLoadError(f"Could not load {what}: {_first_line(err)}") from None
+        raise load_error(path, err) from None
     finally:
         transformers.logging.set_verbosity(verbosity)
         if progress_bar:
@@ -278,6 +304,29 @@ def load_model(
     check_model_type(model.config.to_dict(), config_file)
     check_loading_info(model, info, weights_name(path), ignore_mismatched_sizes)
     return model
+
+
+def load_error(path: str, error: BaseException) -> ModelLoadError:
+    """`ModelLoadError` for what transformers raised while loading `path`: its first line, saying where it looked."""
+    what = f"the folder {path}" if os.path.isdir(path) else f"{path} (not a local folder, so as a Hub id)"
+    return ModelLoadError(f"Could not load {what}: {_first_line(error)}")
+
+
+def stored_code_class(path: str, auto_map: dict | None, auto_class: str, revision: str):
+    """The class that `auto_map` (of config.json or preprocessor_config.json) names for `auto_class`, imported from
+    the code files stored with the model (a folder's own files, a Hub repo's at `revision`); None without one.
+
+    `AutoModelForImageClassification.from_pretrained(..., trust_remote_code=True)` would pick the installed package's
+    classes instead: transformers prefers classes registered in this process over a folder's code."""
+    reference = (auto_map or {}).get(auto_class)
+    if not isinstance(reference, str):  # none, or several per backend: then transformers' Auto class chooses
+        return None
+    try:
+        return get_class_from_dynamic_module(reference, path, revision=revision)
+    except (OSError, ValueError, ImportError, AttributeError) as err:
+        raise ModelLoadError(
+            f"Could not import {reference} from the code stored with {path}: {_first_line(err)}"
+        ) from None
 
 
 def looks_like_local_path(path: str) -> bool:
@@ -297,12 +346,13 @@ def load_model_and_processor(
     or a `ModelLoadError` saying why not.
 
     The model loads strictly (`load_model`): weights that do not fit config.json are refused, not replaced by random
-    ones. With `trust_remote_code=True` the code files stored with the model run instead of the installed package;
-    pin the revision of a Hub model when you do (`from_pretrained(..., trust_remote_code=True, revision=COMMIT)`).
+    ones. With `trust_remote_code=True` the code files stored with the model (named by the `auto_map` of config.json
+    and preprocessor_config.json) run instead of the installed package, for this package's models too; pin the
+    revision of a Hub model when you do.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
-        check_model_folder(path, trust_remote_code)
+        config = check_model_folder(path, trust_remote_code)
     elif os.path.exists(path):
         raise ModelLoadError(f"{path} is a file; pass the model folder (with config.json) or a Hub id USER/NAME.")
     elif looks_like_local_path(path):
@@ -310,14 +360,31 @@ def load_model_and_processor(
             f"{path}: no such folder. Pass a model folder written by save_pretrained (the output folder of "
             "scripts/train.py) or a Hub id USER/NAME."
         )
-    model = load_model(path, trust_remote_code, ignore_mismatched_sizes, revision=revision)
+    else:
+        try:
+            config = PreTrainedConfig.get_config_dict(path, revision=revision)[0]
+        except (OSError, ValueError) as err:
+            raise load_error(path, err) from None
+        check_model_config(config, f"{path}'s config.json", trust_remote_code)
+    model_class = AutoModelForImageClassification
+    processor_class = AutoImageProcessor
+    if trust_remote_code:
+        try:
+            processor_config = ImageProcessingMixin.get_image_processor_dict(path, revision=revision)[0]
+        except (OSError, ValueError) as err:
+            raise load_error(path, err) from None
+        auto_class = "AutoModelForImageClassification"
+        model_class = stored_code_class(path, config.get("auto_map"), auto_class, revision) or model_class
+        stored = stored_code_class(path, processor_config.get("auto_map"), "AutoImageProcessor", revision)
+        processor_class = stored or processor_class
+    model = load_model(path, trust_remote_code, ignore_mismatched_sizes, model_class, revision=revision)
+    options = {"revision": revision}
+    if processor_class is AutoImageProcessor:
+        options.update(trust_remote_code=trust_remote_code, backend="pil")
     try:
-        processor = AutoImageProcessor.from_pretrained(
-            path, trust_remote_code=trust_remote_code, backend="pil", revision=revision
-        )
+        processor = processor_class.from_pretrained(path, **options)
     except (OSError, ValueError, KeyError, EOFError) as err:
-        what = f"the folder {path}" if os.path.isdir(path) else f"{path} (not a local folder, so as a Hub id)"
-        raise ModelLoadError(f"Could not load {what}: {_first_line(err)}") from None
+        raise load_error(path, err) from None
     return model.to(device or "cpu").eval(), processor
 
 
@@ -433,6 +500,7 @@ def evaluate_saved_model(eval_args: EvaluateArguments, data_args) -> dict[str, A
     `data_args` is `hf_vit_d2l.data.DataArguments` (the training data flags). Writes `confusion_matrix.png` and then
     `eval_results.json` into `eval_args.output_dir`.
     """
+    check_writable_folder(eval_args.output_dir, "--output_dir")  # before any work, not after it
     device = eval_args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, processor = load_model_and_processor(
         eval_args.model_name_or_path, eval_args.trust_remote_code, device, revision=eval_args.revision
@@ -482,7 +550,6 @@ def evaluate_saved_model(eval_args: EvaluateArguments, data_args) -> dict[str, A
         "test_time_flip": bool(getattr(model.config, "test_time_flip", False)),
         "samples_per_second": 2 * len(references) / elapsed,  # each image also inverted
     }
-    os.makedirs(eval_args.output_dir, exist_ok=True)
     title = f"accuracy {results['accuracy']:.2%} on {len(references):,} images"
     plot_confusion_matrix(matrix, names, os.path.join(eval_args.output_dir, "confusion_matrix.png"), title=title)
     write_json_atomic(os.path.join(eval_args.output_dir, "eval_results.json"), results)
@@ -510,6 +577,7 @@ __all__ = [
     "main",
     "ModelLoadError",
     "check_loading_info",
+    "check_model_config",
     "check_model_folder",
     "check_model_type",
     "count_parameters",

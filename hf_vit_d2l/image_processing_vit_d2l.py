@@ -26,11 +26,17 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 UNIT_SCALE_OVERSHOOT = 1.5
 
 
+def convertible(image: Image.Image) -> Image.Image:
+    """`image`, or for mode "La" (gray with premultiplied alpha, which PIL cannot convert to RGB or L) the same image
+    as "LA". Every other PIL mode converts to RGB as it is."""
+    return image.convert("LA") if image.mode == "La" else image
+
+
 def conversion_loses_information(image: Image.Image) -> str | None:
     """What the RGB conversion of a PIL image (`transformers.image_utils.load_image`, as `pipeline` does) drops, in
     words, or None when it keeps everything the model could use. For a once-per-run warning."""
     if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
-        if image.convert("RGBA").getchannel("A").getextrema()[0] < 255:
+        if convertible(image).convert("RGBA").getchannel("A").getextrema()[0] < 255:
             return "transparency (the alpha channel is dropped, not blended: transparent pixels keep their colour)"
     elif image.mode.startswith("I;16") or image.mode == "I":
         low, high = image.getextrema()
@@ -192,7 +198,8 @@ class ViTD2LImageProcessor(ViTImageProcessorPil):
     PIL images (and paths/URLs) follow transformers' `pipeline`: `load_image` (EXIF orientation applied, then
     `convert("RGB")`), then `convert("L")` for a 1-channel model. So `processor(image)`, `processor(image.convert(
     "RGB"))` and `pipeline(...)(image)` agree for every PIL mode; what that conversion drops (alpha, 16-bit depth,
-    float values) is told by `conversion_loses_information(image)`.
+    float values) is told by `conversion_loses_information(image)`. Mode "La" (premultiplied alpha), which PIL
+    cannot convert to RGB and `pipeline` refuses, is read as "LA" first.
 
     Arrays and tensors of shape (H, W), (H, W, C) or (C, H, W) with 1, 2 (gray + alpha), 3 or 4 channels, and 4-D
     batches of them, are converted as they are: transparency is composited on black, RGB becomes luma for a
@@ -227,7 +234,7 @@ class ViTD2LImageProcessor(ViTImageProcessorPil):
     def process_image(self, image, do_convert_rgb=None, input_data_format=None, **kwargs) -> np.ndarray:
         """One image -> (num_channels, H, W) on the 0-255 scale (uint8 for PIL and uint8 input)."""
         if isinstance(image, Image.Image):
-            image = load_image(image)
+            image = load_image(convertible(image))
             image = image.convert("L") if self.num_channels == 1 else image
             return super().process_image(image, do_convert_rgb=False, input_data_format=None, **kwargs)
         (array,) = flat_list_of_images(image)

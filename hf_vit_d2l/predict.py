@@ -30,8 +30,10 @@ from PIL import Image
 from transformers.image_utils import load_image
 
 from .attention_maps import save_attention_figure
+from .demo import open_image  # shared with the demo, whose file a Space ships alone
 from .evaluation import ModelLoadError, load_model_and_processor
 from .image_processing_vit_d2l import conversion_loses_information
+from .utils import check_writable_folder
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -102,28 +104,6 @@ def collect_images(paths: Iterable[str]) -> tuple[list[str], list[Prediction]]:
         else:
             errors.append(Prediction(path, error=kind))
     return files, errors
-
-
-def open_image(path: str) -> Image.Image:
-    """The file's first frame, fully read, or an `OSError`/`ValueError` whose message says what to do."""
-    try:
-        with Image.open(path) as image:
-            image.load()  # read the pixels now: truncated files fail here, not in the batch
-            return image.copy()
-    except Image.DecompressionBombError:
-        limit = 2 * Image.MAX_IMAGE_PIXELS
-        raise ValueError(
-            f"image is over PIL's decompression-bomb limit of {limit:,} pixels (2 x PIL.Image.MAX_IMAGE_PIXELS); if "
-            "you trust the file, raise the limit with --max_image_pixels N"
-        ) from None
-    except PermissionError:
-        raise PermissionError("permission denied: the file is not readable by this user") from None
-    except Image.UnidentifiedImageError:
-        raise ValueError(
-            "not an image file that PIL can read (an unknown format, or cut short in its header)"
-        ) from None
-    except (OSError, SyntaxError, ValueError) as err:  # PIL's decoders raise these for damaged data
-        raise ValueError(f"cannot read the image ({err}); the file may be truncated or damaged") from None
 
 
 def predict_files(
@@ -201,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {prediction.path}: {prediction.error}", file=sys.stderr)
         print("error: no image files to classify.", file=sys.stderr)
         return 2
+    if args.attention_maps:
+        try:
+            check_writable_folder(args.attention_maps, "--attention_maps")
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     try:
         model, processor = load_model_and_processor(
             args.model, args.trust_remote_code, args.device, revision=args.revision
@@ -216,7 +202,6 @@ def main(argv: list[str] | None = None) -> int:
     ):
         results.append(prediction)
         if args.attention_maps and prediction.error is None:
-            os.makedirs(args.attention_maps, exist_ok=True)
             figure = os.path.join(args.attention_maps, f"{index:04d}-{Path(prediction.path).stem}.png")
             save_attention_figure(load_image(prediction.path), model, processor, figure)
         notes += [f"{prediction.path}: {prediction.note}"] if prediction.note else []

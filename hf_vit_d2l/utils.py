@@ -84,6 +84,31 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
             os.remove(staging)
 
 
+def check_writable_folder(folder: str | os.PathLike, flag: str) -> None:
+    """Create `folder` if needed and write a test file in it, before any work: a `ValueError` naming `flag` and the
+    folder if that fails (a file in the way, a read-only file system, no permission)."""
+    folder = os.fspath(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"{flag} {folder}: it is a file, not a folder. Choose a folder to write into.")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"{flag} {folder}: cannot write there ({err.strerror or err}). Choose a folder you can write to."
+        ) from None
+
+
+def unsafe_pickle_message(path: str) -> str:
+    """The refusal of a pickled weights file that torch's `weights_only` loader rejected: it holds more than tensors
+    (code that loading would run) or is damaged. Unlike torch's own message, it does not advise loading it anyway."""
+    return (
+        f"{path} is refused as unsafe: it is a pickle holding more than tensors (loading it could run code), or it is "
+        "damaged. Ask its author for model.safetensors, or convert it to safetensors only if you trust its source."
+    )
+
+
 def hub_available(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face Hub can be used now: not in offline mode, and its endpoint accepts a connection.
 

@@ -115,6 +115,48 @@ def test_classify_shows_the_model_input():
     assert note == ""
 
 
+def unreadable_file(folder, case: str) -> str:
+    """A file the demo cannot classify, in one of the ways predict words: a text file named .png, an empty file, a
+    decompression bomb (a PNG header declaring 20,000 x 20,000 pixels, no pixel data), a truncated JPEG."""
+    import struct
+    import zlib
+
+    path = folder / {"text": "notes.png", "empty": "empty.png", "bomb": "bomb.png", "truncated": "cut.jpg"}[case]
+    if case == "text":
+        path.write_text("a shopping list, not a picture\n")
+    elif case == "empty":
+        path.write_bytes(b"")
+    elif case == "bomb":
+
+        def chunk(kind, data):
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+        header = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 0, 0, 0, 0)
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    else:
+        noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(path, quality=95)
+        path.write_bytes(path.read_bytes()[:900])
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["text", "empty", "bomb", "truncated"])
+def test_an_unreadable_upload_gets_the_line_predict_prints(server, tmp_path, case):
+    from gradio_client.exceptions import AppError
+
+    from hf_vit_d2l.predict import predict_files
+
+    url, model, processor = server
+    path = unreadable_file(tmp_path, case)
+    [result] = predict_files([path], model, processor, progress=False)
+    assert result.error, f"predict must refuse the {case} file"
+    client = Client(url, verbose=False)
+    with pytest.raises(AppError) as raised:
+        client.predict(handle_file(path), api_name="/classify")
+    assert str(raised.value) == f"{os.path.basename(path)}: {result.error}", "the demo must show predict's line"
+    assert "verbose error reporting" not in str(raised.value)
+
+
 def chrome():
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     try:
@@ -212,6 +254,12 @@ def test_demo_script_says_what_is_wrong_with_a_model_folder(model_folder, tmp_pa
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: ") and str(damaged / "model.safetensors") in line, line
+
+
+def test_demo_script_refuses_a_bad_max_image_pixels(model_folder):
+    result = run_demo_script("--model", model_folder, "--max_image_pixels", "0")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == ["error: --max_image_pixels must be >= 1, got 0"], result.stderr
 
 
 def test_load_model_tells_a_missing_folder_from_a_hub_id(tmp_path, monkeypatch):

@@ -6,6 +6,9 @@
 * Pixels are checked: NaN, infinity and empty images raise one `ValueError` in the processor (so in `pipeline` and
   predict too); out-of-range values are clipped or rescaled with a warning naming the rule.
 * predict never opens a FIFO, socket or device: each gets its own line, and the images beside it are classified.
+* One `error:` line where a traceback or the wrong words were: broken files and missing class folders in image
+  folders (before training), a model_type without image classifiers, a pickle that would run code, an output folder
+  that cannot be written; `--trust_remote_code` runs the folder's own code; PIL's "La" mode is read as "LA".
 
 The variants differ from the issue's examples (which were 3 blocks in the config, 19 of 20 tensors missing ...).
 """
@@ -438,3 +441,347 @@ def test_an_explicit_fifo_is_not_a_regular_file_not_a_missing_one(one_block, tmp
     err = capsys.readouterr().err
     assert f"error: {fifo}: not a regular file (a FIFO); skipped" in err.splitlines(), err
     assert "no such file" not in err, err
+
+
+# ------------------------------------------------------------------------- one line where a traceback was (class 5)
+
+
+def write_png(path: Path, value: int = 0, size: tuple[int, int] = (28, 28)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(size[::-1], value, np.uint8)).save(path)
+    return path
+
+
+def image_folder(root: Path, classes=("boot", "shirt"), per_class: int = 4) -> Path:
+    """`root/<class>/<n>.png`, a valid image folder with distinct images."""
+    for number, name in enumerate(classes):
+        for index in range(per_class):
+            write_png(root / name / f"{index}.png", value=30 * number + index)
+    return root
+
+
+def truncated_png(path: Path) -> Path:
+    """A noisy PNG cut in the middle of its image data (its header is whole)."""
+    noise = np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)
+    Image.fromarray(noise).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def bomb_png(path: Path, side: int = 30_000) -> Path:
+    """A PNG header declaring side x side pixels (over PIL's limit) and no pixel data: a few bytes on disk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+def corrupt_crc_png(path: Path) -> Path:
+    data = bytearray(write_png(path).read_bytes())
+    data[-20] ^= 0xFF  # inside the image data chunk, whose CRC no longer matches
+    path.write_bytes(bytes(data))
+    return path
+
+
+# name -> (how to plant the bad file in a class folder, what the line says about it)
+BROKEN_FILES = {
+    "text named .jpg": (lambda path: path.with_suffix(".jpg").write_text("not a JPEG\n"), "is not an image file"),
+    "empty .png": (lambda path: path.write_bytes(b""), "is empty (0 bytes)"),
+    "truncated .png": (truncated_png, "is damaged"),
+    "PNG with a bad CRC": (corrupt_crc_png, "is damaged"),
+    "decompression bomb": (bomb_png, "is over PIL's decompression-bomb limit"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_FILES))
+def test_a_broken_image_in_an_image_folder_is_named_before_training(tmp_path, case):
+    from hf_vit_d2l.data import DataArguments, load_image_classification_dataset
+
+    plant, says = BROKEN_FILES[case]
+    train = image_folder(tmp_path / "train", per_class=5)
+    bad = tmp_path / "train" / "shirt" / "z_bad.png"
+    plant(bad)
+    named = bad.with_suffix(".jpg") if case == "text named .jpg" else bad
+    with pytest.raises(ValueError) as raised:
+        load_image_classification_dataset(DataArguments(train_dir=str(train)))
+    line = str(raised.value)
+    assert line.startswith(f"{named} {says}"), f"the line must start with the file and why: {line}"
+    assert f"1 of the 11 image files in --train_dir {train} cannot be read" in line, line
+    assert "\n" not in line, line
+
+
+def test_broken_images_in_the_validation_folder_and_a_dataset_folder_are_named(tmp_path):
+    from hf_vit_d2l.data import DataArguments, load_image_classification_dataset
+
+    train = image_folder(tmp_path / "train")
+    validation = image_folder(tmp_path / "validation", per_class=2)
+    (validation / "boot" / "a.png").write_bytes(b"")
+    (validation / "shirt" / "b.png").write_text("<svg/>")
+    args = DataArguments(train_dir=str(train), validation_dir=str(validation))
+    with pytest.raises(ValueError, match=rf"^{validation / 'boot' / 'a.png'} is empty \(0 bytes\): 2 of the 6 image "):
+        load_image_classification_dataset(args)
+    # --dataset_name with a local folder of class folders is an image folder too.
+    (train / "shirt" / "c.webp").write_bytes(b"RIFF0000WEBPVP8 broken")
+    with pytest.raises(ValueError, match=rf"in --dataset_name {train} cannot be read"):
+        load_image_classification_dataset(DataArguments(dataset_name=str(train)))
+
+
+@pytest.mark.parametrize(
+    ("layout", "found"),
+    [
+        ({"sneaker": 5}, "all in one class folder, 'sneaker'"),
+        ({".": 4}, "all directly in the folder"),
+        ({"bag": 3, "coat": 3, ".": 1}, "at different depths (in '.', 'bag', 'coat')"),
+        ({"shoes/boot": 2, "shirt": 2}, "at different depths (in 'shirt', 'shoes/boot')"),
+    ],
+)
+def test_an_image_folder_without_two_class_folders_says_so(tmp_path, layout, found):
+    from hf_vit_d2l.data import DataArguments, load_image_classification_dataset
+
+    train = tmp_path / "train"
+    for folder, count in layout.items():
+        for index in range(count):
+            write_png(train / folder / f"{index}.png", value=index)
+    total = sum(layout.values())
+    with pytest.raises(ValueError) as raised:
+        load_image_classification_dataset(DataArguments(train_dir=str(train)))
+    expected = (
+        f"--train_dir {train} needs at least two class folders at one depth, each holding its images "
+        f"(<folder>/<class>/<image>); its {total} images are {found}."
+    )
+    assert str(raised.value) == expected
+    assert "no column 'label'" not in str(raised.value)
+
+
+def test_an_empty_train_dir_says_it_holds_no_files(tmp_path):
+    from hf_vit_d2l.data import DataArguments, DataUnavailableError, load_image_classification_dataset
+
+    (tmp_path / "train" / "boot").mkdir(parents=True)
+    with pytest.raises(DataUnavailableError, match=r"--train_dir .*train holds no files: it needs a folder of images"):
+        load_image_classification_dataset(DataArguments(train_dir=str(tmp_path / "train")))
+
+
+@pytest.mark.parametrize("case", ["broken file", "one class"])
+def test_train_stops_with_one_error_line_before_building_the_model(tmp_path, case):
+    train = image_folder(tmp_path / "train", classes=("boot",) if case == "one class" else ("boot", "bag"))
+    if case == "broken file":
+        (train / "bag" / "notes.png").write_text("shopping list")
+    output = tmp_path / "run"
+    command = [sys.executable, "-m", "hf_vit_d2l.training", "--train_dir", str(train), "--output_dir", str(output)]
+    proc = run_cli([*command, "--use_cpu", "true", "--num_train_epochs", "1"], tmp_path)
+    assert proc.returncode == 2, f"exit code {proc.returncode}, stderr: {proc.stderr[-3000:]}"
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    expected = f"{train / 'bag' / 'notes.png'} is not an image" if case == "broken file" else "two class folders"
+    assert len(errors) == 1 and expected in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "Model:" not in proc.stderr, "the model must not be built before the data is checked"
+    assert not (output / "config.json").exists(), "nothing may be trained or saved"
+
+
+def test_evaluation_names_a_broken_validation_image_in_one_line(one_block, tmp_path, capsys):
+    from hf_vit_d2l.evaluation import main as evaluation_main
+
+    validation = image_folder(tmp_path / "validation", classes=("Bag", "Coat"), per_class=2)
+    (validation / "Coat" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    command = ["--model_name_or_path", str(one_block), "--output_dir", str(tmp_path / "eval")]
+    code = evaluation_main([*command, "--train_dir", str(validation), "--validation_dir", str(validation)])
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert out == "", "no accuracy may be printed"
+    errors = [line for line in err.splitlines() if "error" in line.lower()]  # datasets' progress bars aside
+    assert len(errors) == 1, f"expected one error line, got: {err}"
+    assert errors[0].startswith(f"error: {validation / 'Coat' / 'x.png'} "), f"the line must name the file: {err}"
+    assert f"1 of the 5 image files in --train_dir {validation} cannot be read" in errors[0], err
+    assert "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("changes", "model_type"),
+    [
+        ({"model_type": "bert", "architectures": None}, "bert"),  # config.json's auto_map made transformers ask
+        ({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}, "gpt2"),
+        ({"model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "auto_map": None}, "t5"),
+    ],
+)
+def test_a_model_type_without_image_classifiers_is_named_with_what_is_expected(
+    one_block, image_file, tmp_path, capsys, changes, model_type
+):
+    folder = tmp_path / "model"
+    shutil.copytree(one_block, folder)
+    config = json.loads((folder / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key)
+        else:
+            config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    assert predict_main([str(image_file), "--model", str(folder), "--no_progress"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "", "no label may be printed"
+    expected = (
+        f"error: {folder / 'config.json'} has model_type {model_type!r}, which has no image-classification model; "
+        "expected 'vit_d2l' (this package's models)"
+    )
+    assert len(err.splitlines()) == 1 and err.startswith(expected), err
+    assert "custom code" not in err and "Unrecognized configuration class" not in err, err
+
+
+def modeling_that_answers_dress(folder: Path) -> Path:
+    """The folder's own modeling file, changed so that its classifier answers class 3 ("Dress") for every image."""
+    with open(folder / "modeling_vit_d2l.py", "a") as f:
+        f.write(
+            "\n\n_forward = ViTD2LForImageClassification.forward\n\n\n"
+            "def _always_dress(self, *args, **kwargs):\n"
+            "    output = _forward(self, *args, **kwargs)\n"
+            "    output.logits = torch.zeros_like(output.logits)\n"
+            "    output.logits[:, 3] = 20.0\n"
+            "    return output\n\n\n"
+            "ViTD2LForImageClassification.forward = _always_dress\n"
+        )
+    return folder
+
+
+def test_trust_remote_code_runs_the_folders_own_code(one_block, image_file, tmp_path):
+    folder = modeling_that_answers_dress(variant(one_block, tmp_path / "model"))
+    script = (
+        "import json, sys\n"
+        "from hf_vit_d2l.evaluation import load_model_and_processor\n"
+        "for trust in (False, True):\n"
+        "    model, processor = load_model_and_processor(sys.argv[1], trust_remote_code=trust)\n"
+        "    print(json.dumps([type(model).__module__, type(processor).__module__]))\n"
+    )
+    proc = run_cli([sys.executable, "-c", script, str(folder)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    installed, stored = (json.loads(line) for line in proc.stdout.splitlines())
+    assert installed == ["hf_vit_d2l.modeling_vit_d2l", "hf_vit_d2l.image_processing_vit_d2l"], installed
+    assert all(module.startswith("transformers_modules.") for module in stored), (
+        f"the folder's code must run: {stored}"
+    )
+    command = [sys.executable, "-m", "hf_vit_d2l.predict", str(image_file), "--model", str(folder), "--top_k", "1"]
+    trusted = run_cli([*command, "--trust_remote_code"], tmp_path)
+    assert trusted.returncode == 0, trusted.stderr[-3000:]
+    assert trusted.stdout == f"{image_file}: Dress (1.000)\n", f"the folder's modeling file must run: {trusted.stdout}"
+
+
+class RunsCode:
+    """A pickled object whose unpickling would run `code` (here: create a marker file)."""
+
+    def __init__(self, code: str):
+        self.code = code
+
+    def __reduce__(self):
+        return (eval, (self.code,))
+
+
+@pytest.mark.parametrize("layout", ["zip (torch.save)", "legacy torch.save", "plain pickle"])
+def test_a_pickle_that_would_run_code_is_refused_in_one_line(one_block, image_file, tmp_path, capsys, layout):
+    import pickle
+
+    folder = tmp_path / "model"
+    shutil.copytree(one_block, folder)
+    marker = tmp_path / "ran"
+    state = {**load_file(folder / "model.safetensors"), "evil": RunsCode(f"open({str(marker)!r}, 'w')")}
+    (folder / "model.safetensors").unlink()
+    weights = folder / "pytorch_model.bin"
+    if layout == "plain pickle":
+        weights.write_bytes(pickle.dumps(state))
+    else:
+        torch.save(state, weights, _use_new_zipfile_serialization=layout.startswith("zip"))
+    assert predict_main([str(image_file), "--model", str(folder), "--no_progress"]) == 2
+    out, err = capsys.readouterr()
+    assert not marker.exists(), "the pickle's code ran"
+    assert out == "", "no label may be printed"
+    assert len(err.splitlines()) == 1, f"expected one line, got: {err}"
+    assert err.startswith(f"error: {weights} is refused as unsafe"), err
+    assert "safetensors" in err, "the line must say to use safetensors"
+    assert "weights_only" not in err, f"the line must not advise weights_only=False: {err}"
+
+
+def gray_alpha(mode: str) -> Image.Image:
+    """A 28 x 28 gray ramp with a varying alpha (premultiplied for "La"), in `mode`."""
+    ramp = (gray_ramp() * 255).astype(np.uint8)
+    alpha = np.tile(np.linspace(40, 255, 28).astype(np.uint8), (28, 1))
+    return Image.fromarray(np.dstack([ramp, alpha]), mode="LA").convert(mode)
+
+
+def test_mode_la_is_read_as_la_not_refused_by_pil(processor):
+    from hf_vit_d2l.image_processing_vit_d2l import conversion_loses_information
+
+    premultiplied = gray_alpha("La")
+    assert premultiplied.mode == "La"
+    out = processor(premultiplied, return_tensors="pt").pixel_values
+    expected = processor(premultiplied.convert("LA"), return_tensors="pt").pixel_values
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert conversion_loses_information(premultiplied).startswith("transparency"), "the alpha is dropped"
+    rgb = ViTD2LImageProcessor(size={"height": 28, "width": 28}, num_channels=3)
+    assert rgb(premultiplied, return_tensors="pt").pixel_values.shape == (1, 3, 28, 28)
+
+
+@pytest.mark.parametrize(
+    "mode", ["PA", "I;16", "I;16L", "I;16B", "CMYK", "YCbCr", "HSV", "LAB", "RGBa", "RGBX", "1", "I", "F"]
+)
+def test_rare_pil_modes_follow_the_pipeline_rule(processor, mode):
+    rgb = Image.fromarray((np.stack([gray_ramp(), gray_ramp().T, 1 - gray_ramp()], -1) * 255).astype(np.uint8))
+    image = gray_alpha(mode) if mode == "PA" else rgb.convert(mode)
+    assert image.mode == mode
+    out = processor(image, return_tensors="pt").pixel_values
+    expected = processor(image.convert("RGB"), return_tensors="pt").pixel_values  # what `pipeline` feeds it
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "/sys/hf_vit_d2l_out",  # a read-only file system, for root too
+        "{file}/maps",  # below a regular file
+        "{file}",  # a regular file
+    ],
+)
+def test_an_output_folder_that_cannot_be_written_is_one_line_before_any_work(
+    one_block, image_file, tmp_path, capsys, where
+):
+    from hf_vit_d2l.evaluation import main as evaluation_main
+
+    folder = where.format(file=image_file)
+    if where.startswith("/sys") and not os.path.isdir("/sys"):
+        pytest.skip("needs a /sys file system")
+    assert predict_main([str(image_file), "--model", str(one_block), "--attention_maps", folder]) == 2
+    out, err = capsys.readouterr()
+    assert out == "", "the error must come before any prediction"
+    (line,) = err.splitlines()
+    assert line.startswith(f"error: --attention_maps {folder}: "), line
+    reason = "it is a file, not a folder" if where == "{file}" else "cannot write there"
+    assert reason in line, line
+    # The evaluation checks its --output_dir before it loads the model or the data (none is given here).
+    assert evaluation_main(["--model_name_or_path", str(one_block), "--output_dir", folder]) == 2
+    out, err = capsys.readouterr()
+    assert out == "", "no accuracy may be printed"
+    (line,) = err.splitlines()
+    assert line.startswith(f"error: --output_dir {folder}: ") and reason in line, line
+
+
+def test_a_hub_model_with_a_foreign_model_type_is_one_line(local_hub, one_block, image_file, tmp_path):
+    from hub_server import MirrorUploadApi
+
+    repo = "someone/bert-typed"
+    folder = tmp_path / "model"
+    shutil.copytree(one_block, folder)
+    config = json.loads((folder / "config.json").read_text())
+    del config["architectures"]  # only the auto_map is left: transformers asked for remote code
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
+    uploads = MirrorUploadApi(local_hub)
+    uploads.create_repo(repo)
+    uploads.upload_folder(repo_id=repo, folder_path=folder, commit_message="a model whose config says bert")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "TRANSFORMERS_"))}
+    env.update(HF_ENDPOINT=local_hub.url, HF_HOME=str(tmp_path / "hf_home"), PYTHONPATH=str(REPO_ROOT))
+    command = [sys.executable, "-m", "hf_vit_d2l.predict", str(image_file), "--model", repo]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    expected = f"error: {repo}'s config.json has model_type 'bert', which has no image-classification model"
+    assert proc.stderr.startswith(expected) and len(proc.stderr.splitlines()) == 1, proc.stderr[-3000:]
