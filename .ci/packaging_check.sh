@@ -120,5 +120,6 @@ SLICE=(--max_train_samples 256 --max_eval_samples 128 --num_train_epochs 1 --con
 "$BIN/vit-d2l-predict" image.png --model runs/quick --top_k 1 --no_progress
 "$BIN/vit-d2l-push" runs/quick --repo_id USER/vit-d2l-quick --dry_run staged
 test -f staged/README.md && test -f staged/model.safetensors
-"$BIN/python" -m hf_vit_d2l.training --help >/dev/null
-echo "packaging check passed: the console scripts train (book and quick recipes), evaluate, predict and stage a push"
+"$BIN/accelerate" launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+    -m hf_vit_d2l.training --output_dir runs/accelerate "${SLICE[@]}" --max_steps 2
+echo "packaging check passed: the console scripts train (book and quick recipes, and under accelerate launch -m), evaluate, predict and stage a push"

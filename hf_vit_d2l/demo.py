@@ -67,7 +67,7 @@ def load_model_with_transformers(model: str, revision: str | None, trust_remote_
     if folder_like and not os.path.isdir(model):
         raise ValueError(f"{model}: no such folder. Pass a folder saved by scripts/train.py or a Hub id (USER/NAME).")
     try:
-        options = {"revision": revision, "trust_remote_code": trust_remote_code}
+        options = {"revision": revision or "main", "trust_remote_code": trust_remote_code}
         loaded = AutoModelForImageClassification.from_pretrained(model, **options)
         processor = AutoImageProcessor.from_pretrained(model, **options)
     except Exception as error:

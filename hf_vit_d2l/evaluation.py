@@ -500,6 +500,8 @@ def evaluate_saved_model(eval_args: EvaluateArguments, data_args) -> dict[str, A
     `data_args` is `hf_vit_d2l.data.DataArguments` (the training data flags). Writes `confusion_matrix.png` and then
     `eval_results.json` into `eval_args.output_dir`.
     """
+    from .accuracy_metric import load_accuracy  # evaluate loads here, not for every command that loads a model
+
     check_writable_folder(eval_args.output_dir, "--output_dir")  # before any work, not after it
     device = eval_args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, processor = load_model_and_processor(
@@ -534,7 +536,7 @@ def evaluate_saved_model(eval_args: EvaluateArguments, data_args) -> dict[str, A
     np.add.at(matrix, (references, predictions), 1)
     support = matrix.sum(axis=1)
     results = {
-        "accuracy": float((predictions == references).mean()),
+        "accuracy": load_accuracy().compute(predictions=predictions, references=references)["accuracy"],
         "inverted_accuracy": inverted_hits / len(references),
         "loss": total_loss / len(references),
         "num_samples": len(references),

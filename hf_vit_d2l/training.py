@@ -8,6 +8,9 @@ evaluation every epoch, save a folder that loads with `trust_remote_code=True`, 
 """
 
 import argparse
+import contextlib
+import dataclasses
+import fcntl
 import gc
 import json
 import logging
@@ -52,6 +55,7 @@ from .utils import cpu_count, cpu_has_native_bf16, cpu_isa, hub_available, save_
 
 logger = logging.getLogger(__name__)
 
+LOCK_FILE = ".train.lock"  # in --output_dir; hidden, so a folder holding only it counts as empty
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"  # package data: a wheel trains too
 # Config fields whose change makes a checkpoint's weights or meaning incompatible with the run resuming from it.
 ARCHITECTURE_FIELDS = (
@@ -137,26 +141,47 @@ class RunArguments:
     )
 
 
+ARGUMENT_CLASSES = (ModelArguments, data.DataArguments, RunArguments, TrainingArguments)
+
+
 def load_recipe(name: str) -> dict:
     """A recipe's defaults: `hf_vit_d2l/recipes/NAME.json`, or the JSON file at path `name`."""
     path = Path(name) if name.endswith(".json") else RECIPE_DIR / f"{name}.json"
     if not path.is_file():
         known = sorted(p.stem for p in RECIPE_DIR.glob("*.json"))
         raise TrainingSetupError(f"--recipe {name}: no {path}. Use one of {known} or a recipe JSON file.")
-    values = json.loads(path.read_text())
+    values = read_json_arguments(path, f"--recipe {name}")
     return {"recipe": name, **{key: value for key, value in values.items() if not key.startswith("_")}}
+
+
+def read_json_arguments(path: Path, what: str) -> dict:
+    """The arguments in a JSON file (a recipe, or a file of arguments), checked against the argument fields."""
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise TrainingSetupError(f"{what}: {path} is not readable JSON ({err}).") from None
+    if not isinstance(values, dict):
+        raise TrainingSetupError(f"{what}: {path} must hold one JSON object of argument names and values.")
+    known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
+    unknown = sorted(key for key in values if key not in known and not key.startswith("_"))
+    if unknown:
+        raise TrainingSetupError(
+            f"{what}: {path} has unknown arguments {unknown}. Use the names of `scripts/train.py --help` "
+            "(keys starting with _ are comments)."
+        )
+    return values
 
 
 def parse_args(argv: list[str] | None = None):
     """`(model_args, data_args, run_args, training_args, explicit)`: the recipe's values as defaults, the command
     line (or one JSON file of arguments, as in transformers' examples) on top; `explicit` names the given flags."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = HfArgumentParser((ModelArguments, data.DataArguments, RunArguments, TrainingArguments))
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
     if not (torch.cuda.is_available() or torch.backends.mps.is_available()):
         parser.set_defaults(use_cpu=True)  # so CPU runs (bf16 autocast, gloo DDP) need no --use_cpu
     try:
         if len(argv) == 1 and argv[0].endswith(".json"):
-            given = json.loads(Path(argv[0]).read_text())
+            given = read_json_arguments(Path(argv[0]), "arguments file")
             parsed = parser.parse_dict({**load_recipe(given.get("recipe", "book")), **given})
             return (*parsed, set(given))
         recipe = argparse.ArgumentParser(add_help=False)
@@ -476,8 +501,11 @@ def prepare_datasets(train, evaluation, processor, data_args: data.DataArguments
 
 
 def compute_metrics(eval_pred) -> dict[str, float]:
+    """Accuracy through `evaluate`, from the metric script shipped in the package (`accuracy_metric.py`)."""
+    from .accuracy_metric import load_accuracy  # evaluate loads when the first evaluation does, not at start-up
+
     predictions, labels = eval_pred
-    return {"accuracy": float((np.asarray(predictions) == np.asarray(labels)).mean())}
+    return load_accuracy().compute(predictions=predictions, references=labels)
 
 
 def logits_to_predictions(logits, labels):
@@ -576,6 +604,53 @@ def main(argv: list[str] | None = None) -> tuple[Trainer, dict[str, float]]:
     # Trainer's, which uploads the output folder as it is at every save.
     training_args.push_to_hub = False
     keep_token_out_of_files(training_args)
+    with output_dir_lock(training_args):
+        return train_in_output_dir(model_args, data_args, run_args, training_args, global_batch, push_repo_id)
+
+
+@contextlib.contextmanager
+def output_dir_lock(training_args: TrainingArguments):
+    """Hold an exclusive `fcntl.flock` on `--output_dir/.train.lock` for the run, so that a second run into the same
+    folder stops at once, naming the first run's PID. Global rank 0 takes it and tells the other ranks and machines,
+    which share the folder; the lock goes with the process, so a crashed run leaves none behind."""
+    lock = None
+    holder = None
+    if training_args.process_index == 0:
+        path = os.path.join(training_args.output_dir, LOCK_FILE)
+        try:
+            os.makedirs(training_args.output_dir, exist_ok=True)
+            lock = open(path, "a+")  # noqa: SIM115 (held open, and so locked, for the whole run)
+        except OSError as err:
+            holder = f"cannot write there ({err.strerror})"
+        else:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = f"in use by another training run (PID {lock.read().strip() or 'unknown'})"
+                lock.close()
+                lock = None
+            else:
+                lock.truncate(0)
+                lock.write(str(os.getpid()))
+                lock.flush()
+    if training_args.world_size > 1:
+        shared = [holder]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        holder = shared[0]
+    if holder:
+        raise TrainingSetupError(
+            f"--output_dir {training_args.output_dir}: {holder}. Wait for it to end, or choose another --output_dir."
+        )
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.close()  # releases the flock
+
+
+def train_in_output_dir(model_args, data_args, run_args, training_args, global_batch: int, push_repo_id):
+    """The run's steps once its output folder is its own: resume or start, data, model, Trainer, train."""
     checkpoint = resolve_checkpoint(training_args, run_args.overwrite_output_dir)
     if run_args.overwrite_output_dir and checkpoint is None:
         remove_checkpoints(training_args)
@@ -669,10 +744,12 @@ def keep_token_out_of_files(training_args: TrainingArguments) -> None:
 
 
 def train_and_evaluate(trainer: Trainer, checkpoint: str | None, run_info: dict) -> dict[str, float]:
-    """Train (resuming from `checkpoint`), save the final folder, evaluate, plot the curves, push if asked."""
+    """Train (resuming from `checkpoint`), save the final folder, evaluate, plot the curves, push if asked.
+
+    `run_info.json` is written once training and evaluation have succeeded, so a failed run never replaces the
+    record of the last good one.
+    """
     args = trainer.args
-    if args.should_save:
-        write_json_atomic(os.path.join(args.output_dir, "run_info.json"), run_info)
 
     # Training
     train_metrics = dict(trainer.train(resume_from_checkpoint=checkpoint).metrics)
@@ -711,6 +788,8 @@ def run(argv: list[str] | None = None) -> int:
     except (TrainingSetupError, data.DataUnavailableError, data.IDXFormatError, HubPushError) as err:
         logger.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
+        if torch.distributed.is_initialized():  # every rank of a refused multi-process run stops
+            torch.distributed.destroy_process_group()
         return 2
     leave_process_group(trainer)
     return 0

@@ -129,6 +129,12 @@ class LocalHub:
         parts = [self.logs / "olah-cli.out", self.logs / "olah.log"]
         return "\n".join(path.read_text(errors="replace") for path in parts if path.exists())
 
+    def requests(self) -> list[str]:
+        """The request lines olah logged so far, oldest first (`"GET /path HTTP/1.1" 200`): clients' HTTP calls."""
+        log = self.logs / "olah.log"
+        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+        return [line for line in lines if '"GET /' in line or '"HEAD /' in line]
+
     def repo_path(self, repo_type: str, repo_id: str) -> Path:
         return self.mirrors / f"{repo_type}s" / repo_id
 
