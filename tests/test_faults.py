@@ -766,22 +766,32 @@ def test_an_output_folder_that_cannot_be_written_is_one_line_before_any_work(
     assert line.startswith(f"error: --output_dir {folder}: ") and reason in line, line
 
 
-def test_a_hub_model_with_a_foreign_model_type_is_one_line(local_hub, one_block, image_file, tmp_path):
+def test_hub_models_a_foreign_model_type_and_the_repos_own_code(local_hub, one_block, image_file, tmp_path):
     from hub_server import MirrorUploadApi
 
-    repo = "someone/bert-typed"
-    folder = tmp_path / "model"
-    shutil.copytree(one_block, folder)
-    config = json.loads((folder / "config.json").read_text())
+    bert_typed = tmp_path / "bert_typed"
+    shutil.copytree(one_block, bert_typed)
+    config = json.loads((bert_typed / "config.json").read_text())
     del config["architectures"]  # only the auto_map is left: transformers asked for remote code
-    (folder / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
+    (bert_typed / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
+    own_code = modeling_that_answers_dress(variant(one_block, tmp_path / "own_code"))
     uploads = MirrorUploadApi(local_hub)
-    uploads.create_repo(repo)
-    uploads.upload_folder(repo_id=repo, folder_path=folder, commit_message="a model whose config says bert")
+    for repo, folder in (("someone/bert-typed", bert_typed), ("someone/own-code", own_code)):
+        uploads.create_repo(repo)
+        uploads.upload_folder(repo_id=repo, folder_path=folder, commit_message=f"{folder.name} model")
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "TRANSFORMERS_"))}
     env.update(HF_ENDPOINT=local_hub.url, HF_HOME=str(tmp_path / "hf_home"), PYTHONPATH=str(REPO_ROOT))
-    command = [sys.executable, "-m", "hf_vit_d2l.predict", str(image_file), "--model", repo]
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    expected = f"error: {repo}'s config.json has model_type 'bert', which has no image-classification model"
-    assert proc.stderr.startswith(expected) and len(proc.stderr.splitlines()) == 1, proc.stderr[-3000:]
+    predict = [sys.executable, "-m", "hf_vit_d2l.predict", str(image_file), "--top_k", "1", "--model"]
+
+    refused = subprocess.run(
+        [*predict, "someone/bert-typed"], env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT
+    )
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    expected = "error: someone/bert-typed's config.json has model_type 'bert', which has no image-classification model"
+    assert refused.stderr.startswith(expected), refused.stderr[-3000:]
+    assert len(refused.stderr.splitlines()) == 1, refused.stderr[-3000:]
+
+    command = [*predict, "someone/own-code", "--trust_remote_code"]
+    trusted = subprocess.run(command, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT)
+    assert trusted.returncode == 0, trusted.stderr[-3000:]
+    assert trusted.stdout == f"{image_file}: Dress (1.000)\n", f"the repo's modeling file must run: {trusted.stdout}"
