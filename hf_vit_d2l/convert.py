@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 import sys
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from .configuration_vit_d2l import ViTD2LConfig
 from .image_processing_vit_d2l import ViTD2LImageProcessor
 from .modeling_vit_d2l import ViTD2LForImageClassification, ViTD2LModel
 from .presets import parse_config_overrides
-from .utils import save_folder_atomically
+from .utils import save_folder_atomically, unsafe_pickle_message
 
 logger = logging.getLogger(__name__)
 
@@ -318,12 +319,14 @@ def load_d2l_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"Checkpoint {what}: {path}. Pass the .pt file written by torch.save(state_dict).")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # UnpicklingError, RuntimeError, EOFError ... depending on the damage
+    except pickle.UnpicklingError:  # more than tensors (code that loading would run), or damaged
+        advice = " The book's model converts from its state dict: torch.save(model.state_dict(), path)."
+        raise CheckpointConversionError(unsafe_pickle_message(path) + advice) from None
+    except Exception as error:  # RuntimeError, EOFError ... depending on the damage
         first_line = re.sub(r"\x1b\[[0-9;]*m", "", (str(error).splitlines() or [""])[0])  # no terminal colours
         raise CheckpointConversionError(
             f"Could not read {path} with torch.load(weights_only=True): {type(error).__name__}: {first_line}. The "
-            "file must hold a state dict (tensors only) saved with torch.save(model.state_dict(), path); whole "
-            "pickled modules are refused for safety."
+            "file must hold a state dict (tensors only) saved with torch.save(model.state_dict(), path)."
         ) from None
     return _as_state_dict(obj, source=path)
 

@@ -45,7 +45,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from . import data
 from .configuration_vit_d2l import ViTD2LConfig
 from .ema import EMACallback
-from .evaluation import ModelLoadError, count_parameters, load_model
+from .evaluation import ModelLoadError, check_model_config, count_parameters, load_model, read_json
 from .fast_dropout import replace_dropout_modules
 from .hub import HubPushError, push_to_hub, redact_hub_token
 from .image_processing_vit_d2l import ViTD2LImageProcessor
@@ -421,6 +421,9 @@ def build_model(model_args: ModelArguments, label_names: list[str]):
     }
     try:
         if model_args.model_name_or_path:
+            local_config = Path(model_args.model_name_or_path, "config.json")
+            if local_config.is_file():  # a foreign model_type gets one line naming it, not transformers' errors
+                check_model_config(read_json(str(local_config)), str(local_config), model_args.trust_remote_code)
             config = AutoConfig.from_pretrained(model_args.model_name_or_path, **hub)
             if config.num_labels != len(label_names) and not model_args.ignore_mismatched_sizes:
                 raise TrainingSetupError(

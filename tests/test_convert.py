@@ -278,8 +278,10 @@ def test_load_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointConversionError, match="not a state dict of tensors"):
         load_d2l_checkpoint(tmp_path / "notweights.pt")
     torch.save(book_model(), tmp_path / "module.pt")  # a whole pickled module: refused by weights_only
-    with pytest.raises(CheckpointConversionError, match="weights_only=True"):
+    with pytest.raises(CheckpointConversionError, match="refused as unsafe") as refused:
         load_d2l_checkpoint(tmp_path / "module.pt")
+    assert "weights_only=False" not in str(refused.value), "never advise loading an unsafe pickle"
+    assert "torch.save(model.state_dict(), path)" in str(refused.value), "says how to save a convertible file"
     (tmp_path / "garbage.pt").write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointConversionError, match="Could not read"):
         load_d2l_checkpoint(tmp_path / "garbage.pt")
