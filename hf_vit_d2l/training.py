@@ -801,17 +801,22 @@ def run(argv: list[str] | None = None) -> int:
 def leave_process_group(trainer: Trainer) -> None:
     """End a multi-process run so that every rank exits cleanly; a no-op in one process.
 
-    Every rank waits for the others, destroys the process group and drops the DDP wrapper (which keeps the group
-    alive), so that gloo's worker threads stop now: alive at interpreter shutdown they abort a rank now and then
-    ("terminate called without an active exception", pytorch#190489). `trainer.model` stays the plain model.
+    Every rank waits for the others, then the group goes, so that gloo's worker threads stop now: alive at
+    interpreter shutdown they abort a rank now and then ("terminate called without an active exception",
+    pytorch#190489). `trainer.model` stays the plain model.
+
+    The order matters. Destroying the group joins gloo's worker threads, and a worker that has just finished the
+    last collective may still be freeing its tensors, which takes the GIL. torch's own handle on the group releases
+    the GIL before it destroys it; the DDP wrapper's Reducer does not. So the wrapper goes first, and
+    `destroy_process_group` drops the last reference. The other way round, the join could wait on the GIL forever.
     """
     if not torch.distributed.is_initialized():
         return
     trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
-    trainer.accelerator.free_memory()
-    trainer.model_wrapped = trainer.model  # the DDP wrapper holds the last reference to the group
-    gc.collect()
+    trainer.accelerator.free_memory()  # the Accelerator's list of prepared models holds the wrapper too
+    trainer.model_wrapped = trainer.model
+    gc.collect()  # a reference cycle must not keep the wrapper, and its Reducer, past destroy_process_group
+    trainer.accelerator.end_training()  # destroy_process_group: joins gloo's threads with the GIL released
 
 
 __all__ = [

@@ -317,6 +317,60 @@ def test_gradient_accumulation_takes_the_same_steps(launcher, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Leaving the process group
+# ---------------------------------------------------------------------------------------------------------------
+
+LEAVE_PROBE = """
+import faulthandler, json, os, sys, time, weakref
+import torch
+import torch.distributed as dist
+from transformers import Trainer, TrainingArguments
+from hf_vit_d2l import ViTD2LConfig, ViTD2LForImageClassification
+from hf_vit_d2l.training import leave_process_group
+
+out, config = sys.argv[1], json.loads(sys.argv[2])
+args = TrainingArguments(output_dir=out, use_cpu=True, report_to="none")
+trainer = Trainer(model=ViTD2LForImageClassification(ViTD2LConfig(**config)), args=args)
+trainer.model_wrapped = trainer.accelerator.prepare(trainer.model)  # the DDP wrapper, as Trainer.train makes it
+rank = trainer.args.process_index
+# The run's last collective (an evaluation's gather) is finished, but the gloo worker thread that ran it frees its
+# tensors only as it moves on, and freeing a tensor whose Python object C++ keeps alive takes the GIL. Here rank 0
+# joins late, so rank 1's worker holds the last reference; the finalizer keeps that worker in this step for 3 s.
+tensor = torch.ones(4)
+weakref.finalize(tensor, time.sleep, 3)
+if rank == 0:
+    time.sleep(1)
+dist.all_reduce(tensor, async_op=True)
+del tensor
+faulthandler.dump_traceback_later(30, exit=True)  # a rank stuck in leave_process_group prints its stacks and fails
+leave_process_group(trainer)
+faulthandler.cancel_dump_traceback_later()
+tasks = f"/proc/{os.getpid()}/task"
+names = [open(f"{tasks}/{t}/comm").read().strip() for t in os.listdir(tasks)] if os.path.isdir(tasks) else []
+with open(os.path.join(out, f"threads{rank}.json"), "w") as f:
+    json.dump(names, f)
+"""
+
+
+def test_leaving_waits_for_gloo_threads_that_need_the_gil(launcher, tmp_path):
+    """The group must go with the GIL released: gloo's worker threads are joined then, and one that is still freeing
+    its last collective's tensors needs the GIL. Dropped by the DDP wrapper's Reducer, the group is joined with the GIL
+    held, and that rank never exits (issue 26: now and then, two machines under load; here every time)."""
+    probe, out = tmp_path / "leave_probe.py", tmp_path / "leave"
+    probe.write_text(LEAVE_PROBE)
+    out.mkdir()
+    config = {k: int(v) for k, v in (kv.split("=") for kv in TINY.split(","))}
+    start = time.monotonic()
+    launcher.wait(launcher.start("leave", ddp(2), [str(out), json.dumps(config)], script=probe), timeout=90)
+    print(f"leave_process_group with a gloo worker in its last step: {time.monotonic() - start:.1f} s")
+    threads = [json.loads((out / f"threads{rank}.json").read_text()) for rank in (0, 1)]
+    if sys.platform == "linux":  # /proc lists each process's threads
+        assert all(threads), threads
+    # gloo's threads (gloo_tcp_loop, pt_gloo_runloop) have stopped before Python shuts down, where they can abort
+    assert not [name for names in threads for name in names if "gloo" in name], threads
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # FSDP 2 (configs/accelerate_fsdp.yaml) on 2 CPU processes
 # ---------------------------------------------------------------------------------------------------------------
 
