@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 version="${1:-5.4.0}"
 venv="${TMPDIR:-/tmp}/hf-vit-d2l-transformers-$version"
 [ -x "$venv/bin/python" ] || python3 -m venv --system-site-packages "$venv"
-"$venv/bin/python" -m pip install -q "transformers==$version"
+# transformers' [kernels] extra pins the kernels release that version was written for; the shared environment's
+# newer kernels (a requirement of newer transformers) breaks an older transformers' kernel mapping at import.
+"$venv/bin/python" -m pip install -q "transformers[kernels]==$version"
 modules="$(mktemp -d)"
 trap 'rm -rf "$modules"' EXIT
 HF_HUB_OFFLINE=1 HF_MODULES_CACHE="$modules" TRANSFORMERS_VERBOSITY=error "$venv/bin/python" -I .ci/old_transformers.py
