@@ -331,17 +331,23 @@ from hf_vit_d2l.training import leave_process_group
 out, config = sys.argv[1], json.loads(sys.argv[2])
 args = TrainingArguments(output_dir=out, use_cpu=True, report_to="none")
 trainer = Trainer(model=ViTD2LForImageClassification(ViTD2LConfig(**config)), args=args)
-trainer.model_wrapped = trainer.accelerator.prepare(trainer.model)  # the DDP wrapper, as Trainer.train makes it
 rank = trainer.args.process_index
-# The run's last collective (an evaluation's gather) is finished, but the gloo worker thread that ran it frees its
-# tensors only as it moves on, and freeing a tensor whose Python object C++ keeps alive takes the GIL. Here rank 0
-# joins late, so rank 1's worker holds the last reference; the finalizer keeps that worker in this step for 3 s.
+# The DDP wrapper, over a gloo group of its own: its Reducer and torch's handle are that group's only owners, as for
+# the Trainer's wrapper and the default group. leave_process_group's barrier (on the default group) does not wait
+# for this group's collectives, so one can be in flight when the group goes.
+group = dist.new_group(backend="gloo")
+trainer.model_wrapped = torch.nn.parallel.DistributedDataParallel(trainer.model, process_group=group)
+del group
+# That collective's gloo worker owns the last reference to its tensor; freeing it runs Python, which takes the GIL.
+# Rank 0 joins at 2 s, so rank 1's worker frees the tensor then and stays in that step (the finalizer) until 5 s.
 tensor = torch.ones(4)
-weakref.finalize(tensor, time.sleep, 3)
-if rank == 0:
-    time.sleep(1)
-dist.all_reduce(tensor, async_op=True)
-del tensor
+if rank == 1:
+    weakref.finalize(tensor, time.sleep, 3)
+    dist.all_reduce(tensor, group=trainer.model_wrapped.process_group, async_op=True)
+    del tensor
+else:
+    time.sleep(2)
+    dist.all_reduce(tensor, group=trainer.model_wrapped.process_group)
 faulthandler.dump_traceback_later(30, exit=True)  # a rank stuck in leave_process_group prints its stacks and fails
 leave_process_group(trainer)
 faulthandler.cancel_dump_traceback_later()
