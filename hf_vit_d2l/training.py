@@ -277,25 +277,23 @@ def resolve_run_settings(training_args: TrainingArguments, run_args: RunArgument
         training_args.torch_compile_mode = None
     replicas = data_parallel_replicas(training_args)
     accumulation = training_args.gradient_accumulation_steps
-    if "per_device_train_batch_size" in explicit:
-        global_batch = training_args.per_device_train_batch_size * replicas * accumulation
-        logger.info("Global batch %d from --per_device_train_batch_size.", global_batch)
-        return_batch = global_batch
-    else:
+    if "per_device_train_batch_size" not in explicit:
         training_args.per_device_train_batch_size = per_device_batch(training_args, run_args.global_batch_size)
-        return_batch = training_args.per_device_train_batch_size * replicas * accumulation
-        if return_batch != run_args.global_batch_size:
-            logger.warning(
-                "The global batch %d does not divide over %d processes x %d accumulation steps: %d per device.",
-                run_args.global_batch_size,
-                replicas,
-                accumulation,
-                training_args.per_device_train_batch_size,
-            )
+    global_batch = training_args.per_device_train_batch_size * replicas * accumulation
+    if "per_device_train_batch_size" in explicit:
+        logger.info("Global batch %d from --per_device_train_batch_size.", global_batch)
+    elif global_batch != run_args.global_batch_size:
+        logger.warning(
+            "The global batch %d does not divide over %d processes x %d accumulation steps: %d per device.",
+            run_args.global_batch_size,
+            replicas,
+            accumulation,
+            training_args.per_device_train_batch_size,
+        )
     if training_args.remove_unused_columns:
         logger.info("remove_unused_columns set to False: the transforms read the image and label columns.")
         training_args.remove_unused_columns = False
-    return return_batch
+    return global_batch
 
 
 def check_hub_access(training_args: TrainingArguments) -> str | None:
