@@ -22,8 +22,6 @@ class EMACallback(TrainerCallback):
     """
 
     def __init__(self, decay: float, resume_from: str | None = None):
-        if not 0 < decay < 1:
-            raise ValueError(f"--ema_decay must be in (0, 1), got {decay}.")
         self.decay = decay
         self.resume_from = resume_from
         self.average: dict[str, torch.Tensor] = {}

@@ -1,10 +1,7 @@
 """Training of the book's ViT with the Hugging Face `Trainer`: the library side of `scripts/train.py`.
 
-It reads like transformers' `run_image_classification.py`: `ModelArguments`, `DataArguments` (in `data.py`),
-`RunArguments` and `TrainingArguments` parsed by `HfArgumentParser`, whose defaults come from a recipe file
-(`hf_vit_d2l/recipes/{book,improved,quick}.json`, or any JSON file given to `--recipe`); flags on the command line win.
-`main()` then runs named steps: check the run, load the data, build the model and the image processor, train with
-evaluation every epoch, save a folder that loads with `trust_remote_code=True`, evaluate, plot, push.
+As in transformers' `run_image_classification.py`, `HfArgumentParser` parses the argument dataclasses, here with a
+recipe's values (`recipes/*.json` or `--recipe FILE`) as defaults, and `main()` runs named steps.
 """
 
 import argparse
@@ -17,7 +14,6 @@ import logging
 import math
 import os
 import platform
-import re
 import shlex
 import shutil
 import sys
@@ -40,7 +36,7 @@ from transformers import (
     set_seed,
 )
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import sort_checkpoints
 
 from . import data
 from .configuration_vit_d2l import ViTD2LConfig
@@ -198,7 +194,8 @@ def parse_args(argv: list[str] | None = None):
 
 
 def check_arguments(training_args: TrainingArguments, run_args: RunArguments) -> None:
-    """Refuse values that would fail, or train nothing, only after the data and the model are built."""
+    """Refuse values that would fail, train nothing or train many times slower, before the data and the model are
+    built."""
     problems = []
     if not training_args.output_dir or not training_args.output_dir.strip():
         problems.append("--output_dir is empty: name the folder to train into")
@@ -212,17 +209,14 @@ def check_arguments(training_args: TrainingArguments, run_args: RunArguments) ->
         problems.append(f"--global_batch_size {run_args.global_batch_size} must be at least 1")
     if run_args.ema_decay is not None and not 0 < run_args.ema_decay < 1:
         problems.append(f"--ema_decay {run_args.ema_decay} must be between 0 and 1")
-    if problems:
-        raise TrainingSetupError("; ".join(problems) + ".")
-
-
-def check_precision(training_args: TrainingArguments) -> None:
     if training_args.device.type == "cpu" and training_args.bf16 and not cpu_has_native_bf16():
-        raise TrainingSetupError(
+        problems.append(
             f"--bf16 on this CPU ({cpu_isa()}, no native bf16: no avx512_bf16/amx_bf16) runs bf16 matrix products "
             "in a slow fallback, many times slower than fp32. Train in fp32 (drop --bf16); bf16 pays on GPUs and "
-            "on CPUs with AVX512-BF16 or AMX."
+            "on CPUs with AVX512-BF16 or AMX"
         )
+    if problems:
+        raise TrainingSetupError("; ".join(problems) + ".")
 
 
 def compiler_problems(training_args: TrainingArguments) -> list[str]:
@@ -247,22 +241,13 @@ def per_device_batch(training_args: TrainingArguments, global_batch: int) -> int
 
 
 def data_parallel_replicas(training_args: TrainingArguments) -> int:
-    """Processes, or the GPUs of one process under DataParallel."""
-    if training_args.world_size == 1:
-        return max(1, training_args.n_gpu)
-    return training_args.world_size
+    """Processes, or the GPUs of one process under DataParallel (a process of a multi-process run has one)."""
+    return max(1, training_args.n_gpu) * training_args.world_size
 
 
 def resolve_run_settings(training_args: TrainingArguments, run_args: RunArguments, explicit: set[str]) -> int:
-    """Adjust `training_args` to this machine and the recipe, logging every change; returns the global batch.
-
-    - On a CPU, torch gets this machine's CPUs split over the local processes (`accelerate launch` sets
-      OMP_NUM_THREADS=1, which would leave one core of two idle).
-    - --torch_compile without a compiler trains eagerly (one warning) instead of failing at the first step.
-    - The per-device batch comes from --global_batch_size unless --per_device_train_batch_size is given.
-    - The transforms need the image and label columns, so the Trainer must not remove them.
-    """
-    if training_args.device.type == "cpu":
+    """Fit `training_args` to this machine and the recipe, logging every change; returns the global batch."""
+    if training_args.device.type == "cpu":  # accelerate launch sets OMP_NUM_THREADS=1, which would idle cores
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         torch.set_num_threads(run_args.num_threads or max(1, cpu_count() // local_processes))
     missing = compiler_problems(training_args)
@@ -315,45 +300,23 @@ def check_hub_access(training_args: TrainingArguments) -> str | None:
 
 
 def checkpoint_problem(path: str) -> str | None:
-    """What makes a checkpoint folder unusable for resuming (a save or a rotation that was cut short), or None.
-
-    The Trainer writes `trainer_state.json` last, so a checkpoint without it was interrupted while saving.
-    """
+    """What makes a checkpoint folder unusable for resuming, or None. The Trainer writes `trainer_state.json` last,
+    so a checkpoint without it was cut short while saving."""
     state = os.path.join(path, "trainer_state.json")
     if not os.path.isfile(state):
         return f"{state} is missing (the save was interrupted)"
     try:
-        json.loads(Path(state).read_text())
-    except (OSError, ValueError) as err:
-        return f"{state} is unreadable ({err})"
-    try:  # reads every weight file's header, as loading will
-        return None if count_parameters(path) else f"{path} holds no model.safetensors"
+        read_json(state)
+        if not count_parameters(path):  # reads every weight file's header, as loading will
+            return f"{path} holds no model.safetensors"
     except ModelLoadError as err:
         return str(err)
-
-
-def list_checkpoints(output_dir: str) -> list[str]:
-    """The `checkpoint-N` folders in `output_dir`, newest first."""
-    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-    found = [(int(m.group(1)), name) for name in os.listdir(output_dir) if (m := pattern.match(name))]
-    return [os.path.join(output_dir, name) for _, name in sorted(found, reverse=True)]
-
-
-def remove_checkpoints(training_args: TrainingArguments) -> None:
-    """Delete the checkpoints in --output_dir (on the saving rank), so that training starts afresh."""
-    if training_args.should_save and os.path.isdir(training_args.output_dir):
-        for path in list_checkpoints(training_args.output_dir):
-            logger.info("Removing %s (--overwrite_output_dir).", path)
-            shutil.rmtree(path)
+    return None
 
 
 def resolve_checkpoint(training_args: TrainingArguments, overwrite: bool) -> str | None:
-    """The checkpoint to resume from: --resume_from_checkpoint, else (unless `overwrite`) the newest intact one in
-    --output_dir. Deletes nothing.
-
-    A damaged newest checkpoint is skipped with a warning naming the file; a non-empty folder without any
-    checkpoint is refused unless `overwrite`.
-    """
+    """The checkpoint to resume from: --resume_from_checkpoint, else the newest intact one in --output_dir (a damaged
+    one is skipped with a warning). With `overwrite`, none: the saving rank removes them to start afresh."""
     output_dir = training_args.output_dir
     explicit = training_args.resume_from_checkpoint
     if explicit and explicit.lower() not in ("true", "1", "yes"):
@@ -361,11 +324,15 @@ def resolve_checkpoint(training_args: TrainingArguments, overwrite: bool) -> str
         if problem:
             raise TrainingSetupError(f"--resume_from_checkpoint {explicit}: {problem}. Pass an intact checkpoint-N.")
         return explicit
-    if os.path.isfile(output_dir):
-        raise TrainingSetupError(f"--output_dir {output_dir} is a file; pass a folder.")
-    if overwrite or not os.path.isdir(output_dir):
+    if not os.path.isdir(output_dir):
         return None
-    checkpoints = list_checkpoints(output_dir)
+    checkpoints = sort_checkpoints(output_dir)[::-1]  # newest first
+    if overwrite:
+        if training_args.should_save:
+            for path in checkpoints:
+                logger.info("Removing %s (--overwrite_output_dir).", path)
+                shutil.rmtree(path)
+        return None
     for path in checkpoints:
         problem = checkpoint_problem(path)
         if problem is None:
@@ -390,7 +357,7 @@ def check_checkpoint_matches(checkpoint: str | None, config) -> None:
     """Stop with both values named when the checkpoint's model differs from the one this run builds."""
     if checkpoint is None:
         return
-    saved = json.loads(Path(checkpoint, "config.json").read_text())
+    saved = read_json(os.path.join(checkpoint, "config.json"))
     for name in ARCHITECTURE_FIELDS:
         if name in saved and saved[name] != getattr(config, name):
             raise TrainingSetupError(
@@ -569,13 +536,6 @@ def save_final_model(trainer: Trainer) -> None:
         trainer.save_model()  # the other ranks' part of a collective save; writes nothing
 
 
-def hardware_description(training_args: TrainingArguments) -> str:
-    if training_args.device.type == "cuda":
-        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(training_args.device)}"
-    cpu = platform.processor() or platform.machine()
-    return f"CPU ({cpu_isa()}, {cpu}), {cpu_count()} CPUs, {torch.get_num_threads()} torch threads per process"
-
-
 # ------------------------------------------------------------------------------------------------------- main
 
 
@@ -598,7 +558,6 @@ def main(argv: list[str] | None = None) -> tuple[Trainer, dict[str, float]]:
 
     # Check the run and fit its settings to this machine before spending time on data
     check_arguments(training_args, run_args)
-    check_precision(training_args)
     global_batch = resolve_run_settings(training_args, run_args, explicit)
     push_repo_id = check_hub_access(training_args)
     # One push at the end, through the same staging as push_to_hub.py (no pickles, links or tokens), instead of the
@@ -609,39 +568,39 @@ def main(argv: list[str] | None = None) -> tuple[Trainer, dict[str, float]]:
         return train_in_output_dir(model_args, data_args, run_args, training_args, global_batch, push_repo_id)
 
 
+def take_lock(output_dir: str):
+    """`output_dir`'s lock file, open, locked and holding this PID; or, as a string, why it cannot be."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        lock = open(os.path.join(output_dir, LOCK_FILE), "a+")  # noqa: SIM115 (held open, and so locked, for the run)
+    except OSError as err:
+        return f"cannot write there ({err.strerror})"
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        return f"in use by another training run (PID {holder})"
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
 @contextlib.contextmanager
 def output_dir_lock(training_args: TrainingArguments):
     """Hold an exclusive `fcntl.flock` on `--output_dir/.train.lock` for the run, so that a second run into the same
     folder stops at once, naming the first run's PID. Global rank 0 takes it and tells the other ranks and machines,
     which share the folder; the lock goes with the process, so a crashed run leaves none behind."""
-    lock = None
-    holder = None
-    if training_args.process_index == 0:
-        path = os.path.join(training_args.output_dir, LOCK_FILE)
-        try:
-            os.makedirs(training_args.output_dir, exist_ok=True)
-            lock = open(path, "a+")  # noqa: SIM115 (held open, and so locked, for the whole run)
-        except OSError as err:
-            holder = f"cannot write there ({err.strerror})"
-        else:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock.seek(0)
-                holder = f"in use by another training run (PID {lock.read().strip() or 'unknown'})"
-                lock.close()
-                lock = None
-            else:
-                lock.truncate(0)
-                lock.write(str(os.getpid()))
-                lock.flush()
+    lock = take_lock(training_args.output_dir) if training_args.process_index == 0 else None
+    problem = [lock if isinstance(lock, str) else None]
     if training_args.world_size > 1:
-        shared = [holder]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        holder = shared[0]
-    if holder:
+        torch.distributed.broadcast_object_list(problem, src=0)
+    if problem[0]:
         raise TrainingSetupError(
-            f"--output_dir {training_args.output_dir}: {holder}. Wait for it to end, or choose another --output_dir."
+            f"--output_dir {training_args.output_dir}: {problem[0]}. Wait for it to end, or choose another "
+            "--output_dir."
         )
     try:
         yield
@@ -653,8 +612,6 @@ def output_dir_lock(training_args: TrainingArguments):
 def train_in_output_dir(model_args, data_args, run_args, training_args, global_batch: int, push_repo_id):
     """The run's steps once its output folder is its own: resume or start, data, model, Trainer, train."""
     checkpoint = resolve_checkpoint(training_args, run_args.overwrite_output_dir)
-    if run_args.overwrite_output_dir and checkpoint is None:
-        remove_checkpoints(training_args)
     logger.info(
         "Recipe %s; %d process(es), global batch %d (%d per device); %d torch thread(s) per process.",
         run_args.recipe,
@@ -712,10 +669,15 @@ def train_in_output_dir(model_args, data_args, run_args, training_args, global_b
 
 def describe_run(training_args, run_args, data_args, model, checkpoint: str | None, global_batch: int) -> dict:
     """The run's record for `run_info.json`, which the model card reads."""
+    if training_args.device.type == "cuda":
+        hardware = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(training_args.device)}"
+    else:
+        cpu = platform.processor() or platform.machine()
+        hardware = f"CPU ({cpu_isa()}, {cpu}), {cpu_count()} CPUs, {torch.get_num_threads()} torch threads per process"
     return {
         "recipe": run_args.recipe,
         "command": redact_hub_token(shlex.join([Path(sys.executable).name, *sys.argv])),
-        "hardware": hardware_description(training_args),
+        "hardware": hardware,
         "cpu_isa": cpu_isa(),
         "seed": training_args.seed,
         "num_processes": training_args.world_size,
@@ -746,10 +708,7 @@ def keep_token_out_of_files(training_args: TrainingArguments) -> None:
 
 def train_and_evaluate(trainer: Trainer, checkpoint: str | None, run_info: dict) -> dict[str, float]:
     """Train (resuming from `checkpoint`), save the final folder, evaluate, plot the curves, push if asked.
-
-    `run_info.json` is written once training and evaluation have succeeded, so a failed run never replaces the
-    record of the last good one.
-    """
+    `run_info.json` is written last, so a failed run never replaces the record of the last good one."""
     args = trainer.args
 
     # Training
@@ -799,14 +758,10 @@ def run(argv: list[str] | None = None) -> int:
 def leave_process_group(trainer: Trainer) -> None:
     """End a multi-process run so that every rank exits cleanly; a no-op in one process.
 
-    Every rank waits for the others, then the group goes, so that gloo's worker threads stop now: alive at
-    interpreter shutdown they abort a rank now and then ("terminate called without an active exception",
-    pytorch#190489). `trainer.model` stays the plain model.
-
-    The order matters. Destroying the group joins gloo's worker threads, and a worker that has just finished the
-    last collective may still be freeing its tensors, which takes the GIL. torch's own handle on the group releases
-    the GIL before it destroys it; the DDP wrapper's Reducer does not. So the wrapper goes first, and
-    `destroy_process_group` drops the last reference. The other way round, the join could wait on the GIL forever.
+    gloo's worker threads alive at interpreter shutdown abort a rank now and then (pytorch#190489), so the group goes
+    now. Destroying it joins the workers, and one still freeing its last tensors needs the GIL: torch's own handle
+    releases the GIL before it destroys the group, the DDP wrapper's Reducer does not. So the wrapper goes first, and
+    `destroy_process_group` drops the last reference.
     """
     if not torch.distributed.is_initialized():
         return
