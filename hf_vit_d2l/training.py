@@ -194,8 +194,7 @@ def parse_args(argv: list[str] | None = None):
 
 
 def check_arguments(training_args: TrainingArguments, run_args: RunArguments) -> None:
-    """Refuse values that would fail, train nothing or train many times slower, before the data and the model are
-    built."""
+    """Refuse values that would fail, train nothing or train many times slower, before any data is loaded."""
     problems = []
     if not training_args.output_dir or not training_args.output_dir.strip():
         problems.append("--output_dir is empty: name the folder to train into")
