@@ -309,7 +309,7 @@ def checkpoint_problem(path: str) -> str | None:
         if not count_parameters(path):  # reads every weight file's header, as loading will
             return f"{path} holds no model.safetensors"
     except ModelLoadError as err:
-        return str(err)
+        return str(err).rstrip(".")  # the callers end the sentence
     return None
 
 
