@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import torch
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from transformers import HfArgumentParser
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants, get_token
+from transformers import HfArgumentParser, ViTImageProcessorPil
 
 from .configuration_vit_d2l import ViTD2LConfig
+from .convert import to_transformers_vit
 from .data import HUB_DATASET_ID
 from .evaluation import ModelLoadError, check_model_folder, count_parameters, load_model, read_json
 from .image_processing_vit_d2l import LUMA
@@ -328,8 +330,6 @@ def upload_names(folder: str) -> list[str]:
 def known_tokens(folder: str) -> set[str]:
     """Hub tokens that must not be uploaded: the one huggingface_hub uses (HF_TOKEN or `hf auth login`'s) and any
     `--hub_token` the folder's run_info.json recorded (a run from before commands were redacted)."""
-    from huggingface_hub import get_token
-
     run_info = _read_json(folder, "run_info.json")
     tokens = {get_token(), (run_info.get("training_args") or {}).get("hub_token")}
     for _, value in HUB_TOKEN_ARGUMENT.findall(str(run_info.get("command") or "")):
@@ -385,10 +385,6 @@ def stage_for_upload(
 
 def stage_stock_vit(folder: str | os.PathLike, out_dir: str | os.PathLike, repo_id: str, source_repo_id: str) -> str:
     """The stock-transformers export (`hf_vit_d2l.to_transformers_vit`, RGB input) with a stock processor and card."""
-    from transformers import ViTImageProcessorPil
-
-    from .convert import to_transformers_vit
-
     if os.path.exists(out_dir):
         raise HubPushError(f"{out_dir} already exists; choose a new output folder for the stock-ViT export.")
     model = ViTD2LForImageClassification.from_pretrained(folder).eval()
@@ -397,7 +393,7 @@ def stage_stock_vit(folder: str | os.PathLike, out_dir: str | os.PathLike, repo_
     conv = embeddings.projection
     if conv.in_channels == 1:
         # The pipeline gives RGB images, which stock ViT's processor does not turn back to grayscale. A convolution
-        # is linear, so conv(w, luma(RGB)) = conv(w * luma_weights, RGB): the same logits on RGB = G = B images.
+        # is linear, so conv(w, luma(RGB)) = conv(w * luma_weights, RGB): the original's logits on gray images.
         rgb = torch.nn.Conv2d(3, conv.out_channels, conv.kernel_size, stride=conv.stride)  # stock ViT's has a bias
         with torch.no_grad():
             rgb.weight.copy_(conv.weight * torch.tensor(LUMA, dtype=conv.weight.dtype).view(1, 3, 1, 1))
@@ -405,7 +401,6 @@ def stage_stock_vit(folder: str | os.PathLike, out_dir: str | os.PathLike, repo_
         embeddings.projection = rgb
         embeddings.num_channels = stock.config.num_channels = 3
     size = model.config.image_size
-    # Grayscale files become R = G = B, which the RGB patch embedding maps back to the original's input.
     processor = ViTImageProcessorPil(size={"height": size, "width": size}, do_normalize=False, do_convert_rgb=True)
     dataset_id = _read_json(os.fspath(folder), "run_info.json").get("dataset_id")
     card = ModelCard.from_template(
@@ -428,8 +423,6 @@ def stage_stock_vit(folder: str | os.PathLike, out_dir: str | os.PathLike, repo_
 
 def check_hub_ready() -> str:
     """The token, or a `HubPushError` when uploading cannot work: offline mode, no token, or the Hub unreachable."""
-    from huggingface_hub import constants, get_token
-
     if constants.HF_HUB_OFFLINE:
         problem = "HF_HUB_OFFLINE is set, so nothing can be uploaded. Unset it on a machine online"
     elif not (token := get_token()):
@@ -479,9 +472,7 @@ def push_to_hub(
             stock = stage_stock_vit(folder, staged + "-stock-vit", stock_vit_repo_id, repo_id)
         if dry_run_dir is not None:
             return {"staged": staged, "stock_vit_staged": stock}
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
+        api = huggingface_hub.HfApi(token=token)  # looked up at call time, so that tests can stand in for it
         result = {"url": str(api.create_repo(repo_id, private=private, exist_ok=True))}
         commit = api.upload_folder(repo_id=repo_id, folder_path=staged, commit_message="Upload ViT (d2l) and its card")
         result["commit"] = commit.oid
@@ -510,7 +501,6 @@ class PushArguments:
         default=None,
         metadata={"help": "Also upload the stock transformers ViT export (hf_vit_d2l.to_transformers_vit) here."},
     )
-
     space_repo_id: str | None = field(
         default=None,
         metadata={
@@ -531,13 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["--folder", argv[0], *argv[1:]]
     try:
         (args,) = HfArgumentParser(PushArguments).parse_args_into_dataclasses(args=argv)
-        result = push_to_hub(
-            args.folder,
-            args.repo_id,
-            args.private,
-            stock_vit_repo_id=args.also_stock_vit_repo,
-            dry_run_dir=args.dry_run,
-        )
+        result = push_to_hub(args.folder, args.repo_id, args.private, args.also_stock_vit_repo, args.dry_run)
     except (HubPushError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -562,9 +546,7 @@ def push_space(args: PushArguments, result: dict) -> None:
         space = demo.write_space_folder(args.dry_run.rstrip("/") + "-space", args.repo_id, "main")
         print(f"Dry run: wrote the Space folder to {space}")
         return
-    from huggingface_hub import HfApi
-
-    api = HfApi()
+    api = huggingface_hub.HfApi()
     api.create_repo(args.space_repo_id, repo_type="space", space_sdk="gradio", exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         space = demo.write_space_folder(os.path.join(tmp, "space"), args.repo_id, result["commit"])
