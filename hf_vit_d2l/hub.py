@@ -157,9 +157,7 @@ def _test_figures(eval_results: dict, all_results: dict, run_info: dict) -> dict
     loss = eval_results.get("loss") if source == "eval_results.json" else all_results.get("eval_loss")
     per_class = eval_results.get("per_class_accuracy") or {}
     num_samples = eval_results.get("num_samples")
-    inverted = None
-    if eval_results.get("inverted_accuracy") is not None:
-        inverted = _format(eval_results["inverted_accuracy"], ".2%")
+    inverted = eval_results.get("inverted_accuracy")
     return {
         "accuracy": _format(accuracy, ".2%"),
         "accuracy_source": source,
@@ -168,7 +166,7 @@ def _test_figures(eval_results: dict, all_results: dict, run_info: dict) -> dict
         "per_class_rows": _table_rows(
             [(name, _format(per_class.get(name), ".2%")) for name in eval_results.get("labels") or per_class]
         ),
-        "inverted_accuracy": inverted,
+        "inverted_accuracy": None if inverted is None else _format(inverted, ".2%"),
         "upright_accuracy": _format(eval_results.get("accuracy"), ".2%"),
         "inverted_images": f"{num_samples:,} test images" if num_samples else "test images",
     }
@@ -211,12 +209,8 @@ def _run_figures(run_info: dict, all_results: dict, log_history: list[dict]) -> 
 def card_fields(
     folder: str | os.PathLike, repo_id: str | None = None, stock_vit_repo_id: str | None = None, revision: str = "main"
 ) -> dict[str, Any]:
-    """What the model card of a training output folder says, every figure read from the folder's files.
-
-    A figure the folder lacks reads "not measured"; a flag that is None, False or "" leaves out its paragraph of
-    `templates/model_card.md`. Raises `RunFolderError` when the folder is not a saved `vit_d2l` model or one of its
-    JSON files is malformed.
-    """
+    """What the model card of a training output folder says, every figure read from the folder's files: a figure the
+    folder lacks reads "not measured", and a flag that is None, False or "" leaves out its paragraph of the card."""
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise RunFolderError(f"{folder} is not a folder. Pass the output folder of scripts/train.py.")
@@ -270,11 +264,8 @@ def card_fields(
 def build_model_card(
     folder: str | os.PathLike, repo_id: str | None = None, stock_vit_repo_id: str | None = None, revision: str = "main"
 ) -> ModelCard:
-    """The Hub model card of a training output folder: `templates/model_card.md` filled with `card_fields`.
-
-    `revision` is the commit its `trust_remote_code=True` snippets pin; `stock_vit_repo_id` the repository of the
-    stock-transformers export, if one is pushed.
-    """
+    """The Hub model card of a training output folder: `templates/model_card.md` filled with `card_fields`; `revision`
+    is the commit its `trust_remote_code=True` snippets pin, `stock_vit_repo_id` the stock-ViT export's repository."""
     fields = card_fields(folder, repo_id, stock_vit_repo_id, revision)
     return ModelCard.from_template(fields["metadata"], template_path=str(TEMPLATES / "model_card.md"), **fields)
 
