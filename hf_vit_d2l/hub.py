@@ -1,17 +1,13 @@
-"""The model card of a trained folder and its upload to the Hugging Face Hub.
+"""The model card of a trained folder (`templates/model_card.md` filled from the run's own files) and its upload.
 
-`build_model_card` renders `templates/model_card.md` (Jinja, via `huggingface_hub.ModelCard.from_template`) with
-the values `card_fields` computes from the run's own files: `config.json`, `run_info.json`, `all_results.json`,
-`trainer_state.json`, and after `scripts/run_evaluation.py` `eval_results.json` and `confusion_matrix.png`.
-`push_to_hub` stages and uploads the folder with its card: regular files only, no pickles, no Hub token.
-
-    from hf_vit_d2l.hub import build_model_card
-    build_model_card("outputs/vit_d2l_fashion_mnist", repo_id="me/vit-d2l-fashion-mnist").save("README.md")
+from hf_vit_d2l.hub import build_model_card
+build_model_card("outputs/vit_d2l_fashion_mnist", repo_id="me/vit-d2l-fashion-mnist").save("README.md")
 """
 
 from __future__ import annotations
 
 import glob
+import mmap
 import os
 import re
 import shutil
@@ -21,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import torch
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from transformers import HfArgumentParser
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants, get_token
+from transformers import HfArgumentParser, ViTImageProcessorPil
 
 from .configuration_vit_d2l import ViTD2LConfig
+from .convert import to_transformers_vit
 from .data import HUB_DATASET_ID
 from .evaluation import ModelLoadError, check_model_folder, count_parameters, load_model, read_json
 from .image_processing_vit_d2l import LUMA
@@ -75,13 +73,8 @@ class HubPushError(RuntimeError):
 
 
 def flops_per_image(config: ViTD2LConfig) -> int:
-    """Forward FLOPs of one image, counting a multiply-add as 2 FLOPs (matrix products only; training is ~3x).
-
-    With T = num_patches + 1 tokens, d = hidden_size, m = intermediate_size, L = num_hidden_layers: the patch
-    convolution (every patch one (C*P*P) x d product), per block W_q/W_k/W_v/W_o on every token (4 T d^2), the
-    attention scores Q K^T and the weighted sum A V (T^2 d each, summed over heads) and the MLP (2 T d m), and the
-    head on the pooled vector.
-    """
+    """Forward FLOPs of one image, a multiply-add counted as 2: the patch convolution, per block W_q/W_k/W_v/W_o,
+    Q K^T and A V (T^2 d each, T tokens of size d) and the MLP, and the head; biases and norms are left out."""
     n, d, m = config.num_patches, config.hidden_size, config.intermediate_size
     t = n + 1
     per_block = 4 * t * d * d + 2 * t * t * d + 2 * t * d * m
@@ -97,25 +90,12 @@ def _read_json(folder: str, name: str) -> dict[str, Any]:
 
 
 def get_test_accuracy(eval_results: dict, all_results: dict, run_info: dict) -> tuple[float, int | None, str] | None:
-    """(accuracy, samples, source file) of a test-split evaluation, preferring `eval_results.json`; else None.
-
-    The Trainer's final evaluation counts only when the run evaluated on the test split (not `--validation_size`).
-    """
+    """(accuracy, samples, source file) of a test-split evaluation, preferring `eval_results.json`; else None."""
     if eval_results.get("accuracy") is not None and eval_results.get("eval_split", "test") == "test":
         return eval_results["accuracy"], eval_results.get("num_samples"), "eval_results.json"
     if all_results.get("eval_accuracy") is not None and run_info.get("eval_split", "test") == "test":
         return all_results["eval_accuracy"], run_info.get("eval_samples"), "all_results.json"
     return None
-
-
-def _epoch_rows(log_history: list[dict]) -> list[dict[str, float | None]]:
-    """Per-epoch train loss (the last one logged before the evaluation), eval loss and eval accuracy."""
-    rows, train_loss = [], None
-    for entry in log_history:
-        train_loss = entry.get("loss", train_loss)
-        if "eval_loss" in entry or "eval_accuracy" in entry:
-            rows.append({"epoch": entry.get("epoch"), "train_loss": train_loss, **entry})
-    return rows
 
 
 # ------------------------------------------------------------------------------------------------------------ The card
@@ -126,11 +106,7 @@ def redact_hub_token(command: str) -> str:
     return HUB_TOKEN_ARGUMENT.sub(rf"\1{REDACTED}", command)
 
 
-def _percent(fraction: float | None) -> str:
-    return NOT_MEASURED if fraction is None else f"{100 * fraction:.2f}%"
-
-
-def _number(value: float | None, spec: str = ".4f") -> str:
+def _format(value: float | None, spec: str = ".4f") -> str:
     return NOT_MEASURED if value is None else format(value, spec)
 
 
@@ -150,15 +126,16 @@ def _card_data(
     """The card's YAML metadata: what the Hub validates and indexes (its model-index holds the test accuracy)."""
     results = None
     if accuracy is not None:
-        result = EvalResult(
-            task_type="image-classification",
-            dataset_type=dataset_id or "imagefolder",
-            dataset_name=dataset_name,
-            dataset_split="test",
-            metric_type="accuracy",
-            metric_value=accuracy,
-        )
-        results = [result]
+        results = [
+            EvalResult(
+                task_type="image-classification",
+                dataset_type=dataset_id or "imagefolder",
+                dataset_name=dataset_name,
+                dataset_split="test",
+                metric_type="accuracy",
+                metric_value=accuracy,
+            )
+        ]
     tags = ["image-classification", "vision", "vit", "d2l"]
     if dataset_id == HUB_DATASET_ID:
         tags.append("fashion-mnist")
@@ -174,37 +151,23 @@ def _card_data(
     )
 
 
-def _read_vit_d2l_config(folder: str) -> ViTD2LConfig:
-    if not os.path.isdir(folder):
-        raise RunFolderError(f"{folder} is not a folder. Pass the output folder of scripts/train.py.")
-    model_type = _read_json(folder, "config.json").get("model_type")
-    if model_type != ViTD2LConfig.model_type:
-        raise RunFolderError(
-            f"{folder} has no config.json of a vit_d2l model (model_type={model_type!r}). Pass the output folder of "
-            "scripts/train.py."
-        )
-    return ViTD2LConfig.from_pretrained(folder)
-
-
 def _test_figures(eval_results: dict, all_results: dict, run_info: dict) -> dict[str, Any]:
     """The card fields of the test evaluation (accuracy, its source and size, loss, per-class and inverted)."""
     accuracy, samples, source = get_test_accuracy(eval_results, all_results, run_info) or (None, None, None)
     loss = eval_results.get("loss") if source == "eval_results.json" else all_results.get("eval_loss")
     per_class = eval_results.get("per_class_accuracy") or {}
     num_samples = eval_results.get("num_samples")
-    inverted = None
-    if eval_results.get("inverted_accuracy") is not None:
-        inverted = _percent(eval_results["inverted_accuracy"])
+    inverted = eval_results.get("inverted_accuracy")
     return {
-        "accuracy": _percent(accuracy),
+        "accuracy": _format(accuracy, ".2%"),
         "accuracy_source": source,
         "test_images": f"{samples:,} test images" if samples else "the test images",
-        "test_loss": _number(loss),
+        "test_loss": _format(loss),
         "per_class_rows": _table_rows(
-            [(name, _percent(per_class.get(name))) for name in eval_results.get("labels") or per_class]
+            [(name, _format(per_class.get(name), ".2%")) for name in eval_results.get("labels") or per_class]
         ),
-        "inverted_accuracy": inverted,
-        "upright_accuracy": _percent(eval_results.get("accuracy")),
+        "inverted_accuracy": None if inverted is None else _format(inverted, ".2%"),
+        "upright_accuracy": _format(eval_results.get("accuracy"), ".2%"),
         "inverted_images": f"{num_samples:,} test images" if num_samples else "test images",
     }
 
@@ -214,13 +177,15 @@ def _run_figures(run_info: dict, all_results: dict, log_history: list[dict]) -> 
     training_args = run_info.get("training_args") or {}
     hyperparameters = [(k, training_args[k]) for k in HYPERPARAMETERS if training_args.get(k) not in (None, -1)]
     hyperparameters += [(k, run_info[k]) for k in ("seed", "num_processes", "global_batch_size") if k in run_info]
-    epochs = [
-        (row["epoch"], _number(row["train_loss"]), _number(row.get("eval_loss")), _percent(row.get("eval_accuracy")))
-        for row in _epoch_rows(log_history)
-    ]
+    epochs, train_loss = [], None
+    for entry in log_history:
+        train_loss = entry.get("loss", train_loss)  # the last one logged before the evaluation
+        if "eval_loss" in entry or "eval_accuracy" in entry:
+            row = (_format(train_loss), _format(entry.get("eval_loss")), _format(entry.get("eval_accuracy"), ".2%"))
+            epochs.append((entry.get("epoch"), *row))
     training_time = NOT_MEASURED
     if all_results.get("train_runtime"):
-        speed = _number(all_results.get("train_samples_per_second"), ".1f")
+        speed = _format(all_results.get("train_samples_per_second"), ".1f")
         training_time = f"{all_results['train_runtime']:.1f} s, {speed} samples/s, {all_results.get('epoch')} epochs"
     versions = run_info.get("versions") or {}
     return {
@@ -244,15 +209,18 @@ def _run_figures(run_info: dict, all_results: dict, log_history: list[dict]) -> 
 def card_fields(
     folder: str | os.PathLike, repo_id: str | None = None, stock_vit_repo_id: str | None = None, revision: str = "main"
 ) -> dict[str, Any]:
-    """What the model card of a training output folder says, every figure read from the folder's files.
-
-    `templates/model_card.md` only places these values: texts (a figure the folder lacks reads "not measured"),
-    `config` (its sizes fill the model table), `metadata` (the YAML header) and flags: a value that is None, False
-    or "" leaves out its paragraph. Raises `RunFolderError` when the folder is not a saved `vit_d2l` model or one of
-    its JSON files is malformed.
-    """
+    """What the model card of a training output folder says, every figure read from the folder's files: a figure the
+    folder lacks reads "not measured", and a flag that is None, False or "" leaves out its paragraph of the card."""
     folder = os.fspath(folder)
-    config = _read_vit_d2l_config(folder)
+    if not os.path.isdir(folder):
+        raise RunFolderError(f"{folder} is not a folder. Pass the output folder of scripts/train.py.")
+    model_type = _read_json(folder, "config.json").get("model_type")
+    if model_type != ViTD2LConfig.model_type:
+        raise RunFolderError(
+            f"{folder} has no config.json of a vit_d2l model (model_type={model_type!r}). Pass the output folder of "
+            "scripts/train.py."
+        )
+    config = ViTD2LConfig.from_pretrained(folder)
     run_info = _read_json(folder, "run_info.json")
     all_results = _read_json(folder, "all_results.json")
     eval_results = _read_json(folder, "eval_results.json")
@@ -296,12 +264,8 @@ def card_fields(
 def build_model_card(
     folder: str | os.PathLike, repo_id: str | None = None, stock_vit_repo_id: str | None = None, revision: str = "main"
 ) -> ModelCard:
-    """The Hub model card of a training output folder: `templates/model_card.md` filled with `card_fields`.
-
-    `repo_id` (`user/name`) and `revision` (the commit the usage snippets pin) go into the usage snippets;
-    `stock_vit_repo_id` is the repository of the stock-transformers export, if one is pushed.
-    Raises `RunFolderError` when the folder is not a saved `vit_d2l` model or one of its JSON files is malformed.
-    """
+    """The Hub model card of a training output folder: `templates/model_card.md` filled with `card_fields`; `revision`
+    is the commit its `trust_remote_code=True` snippets pin, `stock_vit_repo_id` the stock-ViT export's repository."""
     fields = card_fields(folder, repo_id, stock_vit_repo_id, revision)
     return ModelCard.from_template(fields["metadata"], template_path=str(TEMPLATES / "model_card.md"), **fields)
 
@@ -309,43 +273,35 @@ def build_model_card(
 # ------------------------------------------------------------------------------------------------- Staging and pushing
 
 
-def check_folder_complete(folder: str | os.PathLike) -> list[str]:
-    """Problems that would make the published folder unusable (empty list when complete).
-
-    Beyond what loading needs (`hf_vit_d2l.evaluation.check_model_folder`: readable config, weights, processor),
-    a Hub user without this package needs an `auto_map` entry for each Auto class and every code file it names.
-    """
+def check_folder_complete(folder: str | os.PathLike) -> None:
+    """Raise `HubPushError` unless the folder works once published: beyond what loading needs (`check_model_folder`),
+    a Hub user without this package needs an `auto_map` entry for each Auto class, the code files and safetensors."""
+    folder = os.fspath(folder)
     try:
         auto_map = check_model_folder(folder).get("auto_map") or {}
     except ModelLoadError as err:
-        return [str(err)]
-    auto_map.update(_read_json(folder, "preprocessor_config.json").get("auto_map") or {})
-    problems = [f"config.json has no auto_map entry for {key}" for key in AUTO_CLASSES if key not in auto_map]
-    code_files = sorted({reference.split(".")[0] + ".py" for reference in auto_map.values()})
-    missing = [name for name in code_files if not os.path.isfile(os.path.join(folder, name))]
-    problems += [f"code file {name} is missing" for name in missing]
-    if not glob.glob(os.path.join(glob.escape(folder), "model*.safetensors")):
-        problems.append(
-            "it has no model*.safetensors weights (pickled weights such as pytorch_model.bin are not uploaded)"
-        )
-    return problems
-
-
-def _fail_if_incomplete(folder: str) -> None:
-    problems = "; ".join(problem.rstrip(".") for problem in check_folder_complete(folder))
+        problems = [str(err)]
+    else:
+        auto_map.update(_read_json(folder, "preprocessor_config.json").get("auto_map") or {})
+        problems = [f"config.json has no auto_map entry for {key}" for key in AUTO_CLASSES if key not in auto_map]
+        for name in sorted({reference.split(".")[0] + ".py" for reference in auto_map.values()}):
+            if not os.path.isfile(os.path.join(folder, name)):
+                problems.append(f"code file {name} is missing")
+        if not glob.glob(os.path.join(glob.escape(folder), "model*.safetensors")):
+            problems.append(
+                "it has no model*.safetensors weights (pickled weights such as pytorch_model.bin are not uploaded)"
+            )
     if problems:
         raise HubPushError(
-            f"{folder} is not a complete model folder: {problems}. Save it with save_pretrained (model and image "
-            "processor) after `import hf_vit_d2l`, as scripts/train.py does."
+            f"{folder} is not a complete model folder: {'; '.join(p.rstrip('.') for p in problems)}. Save it with "
+            "save_pretrained (model and image processor) after `import hf_vit_d2l`, as scripts/train.py does."
         )
 
 
 def upload_names(folder: str) -> list[str]:
-    """The top-level files of `folder` that go into an upload; a `HubPushError` names any symbolic link.
-
-    Only regular files are copied: no folders (checkpoints), hidden files, README.md (the card replaces it) or
-    pickles (`PICKLE_SUFFIXES`, e.g. training_args.bin). A symbolic link, which could point anywhere (~/.ssh, /etc),
-    is refused rather than skipped, so that nothing the user meant to upload silently goes missing.
+    """The top-level regular files of `folder` that go into an upload: no folders (checkpoints), hidden files,
+    README.md (the card replaces it) or pickles. A symbolic link, which could point anywhere (~/.ssh, /etc), is
+    refused with a `HubPushError` rather than skipped, so that nothing the user meant to upload silently goes missing.
     """
     names = []
     for name in sorted(os.listdir(folder)):
@@ -365,8 +321,6 @@ def upload_names(folder: str) -> list[str]:
 def known_tokens(folder: str) -> set[str]:
     """Hub tokens that must not be uploaded: the one huggingface_hub uses (HF_TOKEN or `hf auth login`'s) and any
     `--hub_token` the folder's run_info.json recorded (a run from before commands were redacted)."""
-    from huggingface_hub import get_token
-
     run_info = _read_json(folder, "run_info.json")
     tokens = {get_token(), (run_info.get("training_args") or {}).get("hub_token")}
     for _, value in HUB_TOKEN_ARGUMENT.findall(str(run_info.get("command") or "")):
@@ -376,27 +330,18 @@ def known_tokens(folder: str) -> set[str]:
     return {t for t in tokens if isinstance(t, str) and re.fullmatch(r"[\w-]{8,}", t) and "redacted" not in t.lower()}
 
 
-def _holds_any(path: str, secrets: list[bytes]) -> bool:
-    """Whether the file's bytes contain one of `secrets`, read in chunks that overlap by the longest secret."""
-    overlap = max(len(secret) for secret in secrets) - 1
-    tail = b""
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            window = tail + chunk
-            if any(secret in window for secret in secrets):
-                return True
-            tail = window[-overlap:]
-    return False
-
-
 def _refuse_token_holders(staging: str, folder: str, secrets: list[bytes]) -> None:
     for name in sorted(os.listdir(staging)):
-        if _holds_any(os.path.join(staging, name), secrets):
-            source = "its model card" if name == "README.md" else os.path.join(folder, name)
-            raise HubPushError(
-                f"{source} holds a Hugging Face token (the one in use, or a --hub_token that run_info.json "
-                "recorded); nothing was staged. Remove the token from the file, and revoke it if it was shared."
-            )
+        path = os.path.join(staging, name)
+        if os.path.getsize(path) == 0:  # mmap cannot map an empty file
+            continue
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if any(data.find(secret) != -1 for secret in secrets):
+                source = "its model card" if name == "README.md" else os.path.join(folder, name)
+                raise HubPushError(
+                    f"{source} holds a Hugging Face token (the one in use, or a --hub_token that run_info.json "
+                    "recorded); nothing was staged. Remove the token from the file, and revoke it if it was shared."
+                )
 
 
 def stage_for_upload(
@@ -412,7 +357,7 @@ def stage_for_upload(
     exactly what is uploaded. A file holding a `known_tokens` value stops the staging with a `HubPushError`.
     """
     folder, out_dir = os.path.abspath(os.fspath(folder)), os.path.abspath(os.fspath(out_dir))
-    _fail_if_incomplete(folder)
+    check_folder_complete(folder)
     names = upload_names(folder)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise HubPushError(f"{out_dir} already exists and is not an empty folder; choose a new output folder.")
@@ -424,46 +369,29 @@ def stage_for_upload(
         for name in names:
             shutil.copyfile(os.path.join(folder, name), os.path.join(staging, name), follow_symlinks=False)
         build_model_card(staging, repo_id, stock_vit_repo_id, revision).save(os.path.join(staging, "README.md"))
-        if secrets:
-            _refuse_token_holders(staging, folder, secrets)
+        _refuse_token_holders(staging, folder, secrets)
 
     return save_folder_atomically(out_dir, write, last="README.md")
 
 
-def rgb_input_stock_vit(stock):
-    """Make a 1-channel stock ViT take RGB input by folding the grayscale conversion into its patch embedding.
-
-    The `pipeline` always converts images to RGB, and transformers' stock image processor does not convert them
-    back to grayscale, so a 1-channel stock ViT fails on every pipeline call. A convolution is linear in its
-    input, so conv(w, luma(RGB)) = conv(w * luma_weights, RGB): the returned model gives, on any RGB image, the
-    logits the original gives on that image's grayscale version (exactly for gray images, whose R = G = B, since
-    the weights sum to 1; for colour images the package's processor rounds the grayscale image to 8 bits first).
-    """
-    embeddings = stock.vit.embeddings.patch_embeddings
-    conv = embeddings.projection
-    if conv.in_channels != 1:
-        return stock
-    rgb = torch.nn.Conv2d(3, conv.out_channels, conv.kernel_size, stride=conv.stride)  # stock ViT's has a bias
-    with torch.no_grad():
-        rgb.weight.copy_(conv.weight * torch.tensor(LUMA, dtype=conv.weight.dtype).view(1, 3, 1, 1))
-        rgb.bias.copy_(conv.bias)
-    embeddings.projection = rgb.to(conv.weight.device)
-    embeddings.num_channels = stock.config.num_channels = 3
-    return stock
-
-
 def stage_stock_vit(folder: str | os.PathLike, out_dir: str | os.PathLike, repo_id: str, source_repo_id: str) -> str:
     """The stock-transformers export (`hf_vit_d2l.to_transformers_vit`, RGB input) with a stock processor and card."""
-    from transformers import ViTImageProcessorPil
-
-    from .convert import to_transformers_vit
-
     if os.path.exists(out_dir):
         raise HubPushError(f"{out_dir} already exists; choose a new output folder for the stock-ViT export.")
     model = ViTD2LForImageClassification.from_pretrained(folder).eval()
-    stock = rgb_input_stock_vit(to_transformers_vit(model))
+    stock = to_transformers_vit(model)
+    embeddings = stock.vit.embeddings.patch_embeddings
+    conv = embeddings.projection
+    if conv.in_channels == 1:
+        # The pipeline gives RGB images, which stock ViT's processor does not turn back to grayscale. A convolution
+        # is linear, so conv(w, luma(RGB)) = conv(w * luma_weights, RGB): the original's logits on gray images.
+        rgb = torch.nn.Conv2d(3, conv.out_channels, conv.kernel_size, stride=conv.stride)  # stock ViT's has a bias
+        with torch.no_grad():
+            rgb.weight.copy_(conv.weight * torch.tensor(LUMA, dtype=conv.weight.dtype).view(1, 3, 1, 1))
+            rgb.bias.copy_(conv.bias)
+        embeddings.projection = rgb
+        embeddings.num_channels = stock.config.num_channels = 3
     size = model.config.image_size
-    # Grayscale files become R = G = B, which the RGB patch embedding maps back to the original's input.
     processor = ViTImageProcessorPil(size={"height": size, "width": size}, do_normalize=False, do_convert_rgb=True)
     dataset_id = _read_json(os.fspath(folder), "run_info.json").get("dataset_id")
     card = ModelCard.from_template(
@@ -486,8 +414,6 @@ def stage_stock_vit(folder: str | os.PathLike, out_dir: str | os.PathLike, repo_
 
 def check_hub_ready() -> str:
     """The token, or a `HubPushError` when uploading cannot work: offline mode, no token, or the Hub unreachable."""
-    from huggingface_hub import constants, get_token
-
     if constants.HF_HUB_OFFLINE:
         problem = "HF_HUB_OFFLINE is set, so nothing can be uploaded. Unset it on a machine online"
     elif not (token := get_token()):
@@ -508,20 +434,17 @@ def push_to_hub(
     stock_vit_repo_id: str | None = None,
     dry_run_dir: str | os.PathLike | None = None,
 ) -> dict[str, str | None]:
-    """Stage the folder with its card and upload it (or, with `dry_run_dir`, only write the staged folder).
+    """Stage the folder with its card (`stage_for_upload`) and upload it, or with `dry_run_dir` only write it there.
 
-    Both go through `stage_for_upload`: regular files only (a symbolic link is refused), no pickles, no Hub token.
-
-    The card of an upload pins, in its `trust_remote_code=True` snippets, the commit that holds the code: a second
-    commit sets that revision once the first one has a hash. Returns the staged folders (`"staged"`,
-    `"stock_vit_staged"`) of a dry run, or the repository URLs (`"url"`, `"stock_vit_url"`) of an upload.
+    A second commit sets the card's pinned revision to the first commit's hash. Returns the staged folders (`"staged"`,
+    `"stock_vit_staged"`) of a dry run, or the repository URLs (`"url"`, `"stock_vit_url"`) and `"commit"`.
     """
     folder = os.path.abspath(os.fspath(folder))
     if not repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise HubPushError(f"--repo_id must look like USER/NAME, got {repo_id!r}.")
     if stock_vit_repo_id is not None and (stock_vit_repo_id.count("/") != 1 or stock_vit_repo_id == repo_id):
         raise HubPushError(f"--also_stock_vit_repo must be a second USER/NAME repository, got {stock_vit_repo_id!r}.")
-    _fail_if_incomplete(folder)
+    check_folder_complete(folder)
     try:  # strict: weights that do not fit config.json are refused before anything is staged
         load_model(folder, model_class=ViTD2LForImageClassification)
     except ModelLoadError as err:
@@ -535,12 +458,12 @@ def push_to_hub(
     token = None if dry_run_dir is not None else check_hub_ready()
     with tempfile.TemporaryDirectory(prefix="vit_d2l_push_") as tmp:
         staged = stage_for_upload(folder, dry_run_dir or os.path.join(tmp, "model"), repo_id, stock_vit_repo_id)
-        stock = stock_vit_repo_id and stage_stock_vit(folder, staged + "-stock-vit", stock_vit_repo_id, repo_id)
+        stock = None
+        if stock_vit_repo_id:
+            stock = stage_stock_vit(folder, staged + "-stock-vit", stock_vit_repo_id, repo_id)
         if dry_run_dir is not None:
             return {"staged": staged, "stock_vit_staged": stock}
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
+        api = huggingface_hub.HfApi(token=token)  # looked up at call time, so that tests can stand in for it
         result = {"url": str(api.create_repo(repo_id, private=private, exist_ok=True))}
         commit = api.upload_folder(repo_id=repo_id, folder_path=staged, commit_message="Upload ViT (d2l) and its card")
         result["commit"] = commit.oid
@@ -569,7 +492,6 @@ class PushArguments:
         default=None,
         metadata={"help": "Also upload the stock transformers ViT export (hf_vit_d2l.to_transformers_vit) here."},
     )
-
     space_repo_id: str | None = field(
         default=None,
         metadata={
@@ -590,13 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["--folder", argv[0], *argv[1:]]
     try:
         (args,) = HfArgumentParser(PushArguments).parse_args_into_dataclasses(args=argv)
-        result = push_to_hub(
-            args.folder,
-            args.repo_id,
-            args.private,
-            stock_vit_repo_id=args.also_stock_vit_repo,
-            dry_run_dir=args.dry_run,
-        )
+        result = push_to_hub(args.folder, args.repo_id, args.private, args.also_stock_vit_repo, args.dry_run)
     except (HubPushError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -621,9 +537,7 @@ def push_space(args: PushArguments, result: dict) -> None:
         space = demo.write_space_folder(args.dry_run.rstrip("/") + "-space", args.repo_id, "main")
         print(f"Dry run: wrote the Space folder to {space}")
         return
-    from huggingface_hub import HfApi
-
-    api = HfApi()
+    api = huggingface_hub.HfApi()
     api.create_repo(args.space_repo_id, repo_type="space", space_sdk="gradio", exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         space = demo.write_space_folder(os.path.join(tmp, "space"), args.repo_id, result["commit"])

@@ -515,7 +515,7 @@ def test_dry_run_folder_is_complete_and_loads_without_the_package(run_folder, tm
         "training_curves.png",
         "confusion_matrix.png",
     } <= names
-    assert check_folder_complete(out) == []
+    check_folder_complete(out)  # raises HubPushError when incomplete
     assert ModelCard.load(os.path.join(out, "README.md")).data.pipeline_tag == "image-classification"
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".upload")]  # no staging leftovers
 
@@ -563,9 +563,9 @@ def test_incomplete_folder_is_reported(run_folder, tmp_path):
     config = json.loads((broken / "config.json").read_text())
     del config["auto_map"]["AutoModel"]
     (broken / "config.json").write_text(json.dumps(config))
-    problems = check_folder_complete(broken)
-    assert any("modeling_vit_d2l.py" in p for p in problems)
-    assert "config.json has no auto_map entry for AutoModel" in problems
+    with pytest.raises(HubPushError, match="config.json has no auto_map entry for AutoModel; code file") as info:
+        check_folder_complete(broken)
+    assert "modeling_vit_d2l.py is missing" in str(info.value)
     with pytest.raises(HubPushError, match="modeling_vit_d2l.py is missing"):
         stage_for_upload(broken, tmp_path / "out")
     assert not (tmp_path / "out").exists()
