@@ -169,9 +169,9 @@ def load_local_fashion_mnist(
 
 def how_to_get_data() -> str:
     return (
-        f"To get Fashion-MNIST: on Debian/Ubuntu run `sudo apt-get install dataset-fashion-mnist` (the files land in "
+        "To get Fashion-MNIST: on Debian/Ubuntu run `sudo apt-get install dataset-fashion-mnist` (the files land in "
         f"{DEFAULT_DATA_DIR} and are found automatically); or pass --data_dir with a folder holding the four IDX "
-        f"files from https://github.com/zalandoresearch/fashion-mnist; or give this machine access to the Hub "
+        "files from https://github.com/zalandoresearch/fashion-mnist; or give this machine access to the Hub "
         f"({HUB_DATASET_ID})."
     )
 
@@ -198,8 +198,8 @@ def load_fashion_mnist(
         return load_local_fashion_mnist(DEFAULT_DATA_DIR, cache_dir), f"local IDX files in {DEFAULT_DATA_DIR}"
     if hub or datasets.config.HF_HUB_OFFLINE:  # offline, a copy downloaded earlier may be in the datasets cache
         try:
-            dataset = load_dataset(HUB_DATASET_ID, cache_dir=cache_dir, revision=revision)
-            return DatasetDict(train=dataset["train"], test=dataset["test"]), _hub_source(HUB_DATASET_ID, revision)
+            dataset = load_dataset(HUB_DATASET_ID, cache_dir=cache_dir, revision=revision)  # splits: train, test
+            return dataset, _hub_source(HUB_DATASET_ID, revision)
         except Exception as err:  # offline without a cached copy, or the Hub refused
             if hub:
                 message = f"Cannot load {HUB_DATASET_ID} ({type(err).__name__}: {err})."
@@ -401,16 +401,14 @@ def load_splits(args: DataArguments, seed: int = 42, cache_dir: str | None = Non
     if args.validation_size is not None:
         size = args.validation_size
         count = round(size * len(train)) if size < 1 else int(size)
+        if not 0 < count < len(train):
+            raise ValueError(f"--validation_size {size:g}: hold out between 1 and {len(train) - 1} images.")
         parts = train_validation_split(train, count, VALIDATION_SEED)
         train, evaluation = parts["train"], parts["validation"]
         description += f", evaluated on {count} held-out training images (seed {VALIDATION_SEED})"
-    label_names = list(train.features["label"].names)
-    return (
-        _subset(train, args.max_train_samples, seed),
-        _subset(evaluation, args.max_eval_samples, seed),
-        label_names,
-        description,
-    )
+    train = _subset(train, args.max_train_samples, seed)
+    evaluation = _subset(evaluation, args.max_eval_samples, seed)
+    return train, evaluation, list(train.features["label"].names), description
 
 
 def hub_dataset_id(args: DataArguments) -> str | None:
@@ -449,8 +447,7 @@ class ImageClassificationCollator:
                 f"Examples have the keys {keys}, expected 'image' and 'label'. With the Trainer pass "
                 "--remove_unused_columns false, which otherwise drops the columns the model does not take."
             )
-        labels = [example["label" if "label" in example else "labels"] for example in examples]
-        return self.transform({"image": [example["image"] for example in examples], "label": labels})
+        return self.transform({key: [example[key] for example in examples] for key in ("image", "label")})
 
     def transform(self, batch: dict) -> dict[str, torch.Tensor]:
         """Columns ``image`` and ``label`` -> ``pixel_values`` (B, C, H, W) float32 and ``labels`` (B,) int64."""
@@ -551,8 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     files = find_fashion_mnist_files(args.data_dir)
     if files is None:
-        print(f"error: no Fashion-MNIST IDX files in {args.data_dir}. {how_to_get_data()}", file=sys.stderr)
-        return 2
+        parser.error(f"no Fashion-MNIST IDX files in {args.data_dir}. {how_to_get_data()}")
     if args.command == "check":
         result = {
             path.name: hashlib.md5(_read_bytes(path)).hexdigest() == IDX_MD5.get(path.name.removesuffix(".gz"))
