@@ -1,17 +1,8 @@
 """Data for the book's ViT: Fashion-MNIST from the Hub or from local IDX files, other image datasets, preprocessing.
 
-Fashion-MNIST comes from, in this order (:func:`load_fashion_mnist`): ``data_dir`` when given; the Hub
-(``zalando-datasets/fashion_mnist`` at ``--dataset_revision``, default ``main``) when it is reachable; the IDX
-files of Debian's ``dataset-fashion-mnist`` package in :data:`DEFAULT_DATA_DIR` (one log line says so); offline, a
-Hub copy in the datasets cache. Local IDX files are validated and become a ``DatasetDict`` with exactly the Hub's
-features through ``Dataset.from_generator`` (which datasets caches, keyed here by the files' md5), so every later
-step sees the same dataset whatever the source. Nothing is ever replaced by fake data: without a source,
-:class:`DataUnavailableError` says how to get it.
-
-Preprocessing is the model's image processor, per split: :class:`ImageClassificationCollator` is both a
-``Dataset.set_transform`` function (``.transform``) and a DataLoader ``collate_fn``; the training split's adds the
-improved recipes' augmentation. With the ``Trainer`` this needs ``remove_unused_columns=False``, as in
-transformers' ``run_image_classification.py``.
+Fashion-MNIST comes from the first source that works (:func:`load_fashion_mnist`): ``--data_dir``; the Hub; the IDX
+files of Debian's ``dataset-fashion-mnist`` in :data:`DEFAULT_DATA_DIR`; offline, a Hub copy in the datasets cache.
+Local files become a ``DatasetDict`` with the Hub's features, so later steps see one dataset whatever the source.
 """
 
 import argparse
@@ -33,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset
-from datasets.exceptions import DatasetGenerationError
 from PIL import Image as PILImage
+from transformers import BaseImageProcessor
 
 from .configuration_vit_d2l import FASHION_MNIST_LABELS
 from .utils import hub_available
@@ -45,7 +36,6 @@ HUB_DATASET_ID = "zalando-datasets/fashion_mnist"
 # Names under which callers may ask for Fashion-MNIST (the Hub id, its alias, the torchvision/d2l spelling).
 FASHION_MNIST_NAMES = (HUB_DATASET_ID, "fashion_mnist", "fashion-mnist", "FashionMNIST")
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
-INSTALL_COMMAND = "sudo apt-get install dataset-fashion-mnist"
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -58,12 +48,11 @@ IDX_MD5 = {
     "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
     "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
 }
-# Pixel statistics of the 60,000 training images in [0, 1] (`python -m hf_vit_d2l.data stats`), for normalisation.
+# The training pixels' mean and std in [0, 1] (`python -m hf_vit_d2l.data stats`), for normalisation.
 FASHION_MNIST_MEAN = 0.2860
 FASHION_MNIST_STD = 0.3530
 # Fixed, so every tuning run (--validation_size) holds out the same images.
 VALIDATION_SEED = 42
-BACKENDS = ("pil", "tensor")
 _REFETCH = "Reinstall it (`sudo apt-get install --reinstall dataset-fashion-mnist`) or download it again."
 
 
@@ -82,8 +71,6 @@ def fashion_mnist_features() -> Features:
 
 # ----------------------------------------------------------------------------------------------------- IDX files
 
-_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
 
 def _read_bytes(path: Path) -> bytes:
     data = path.read_bytes()
@@ -95,36 +82,26 @@ def _read_bytes(path: Path) -> bytes:
         raise IDXFormatError(f"{path} is not a complete gzip file ({err}); it is probably truncated. {_REFETCH}")
 
 
-def read_idx(path: str | os.PathLike, expected_ndim: int | None = None) -> np.ndarray:
-    """An IDX file (gzip-compressed or raw) as a numpy array, its header checked against its size.
-
-    Raises `IDXFormatError` (bad magic number, wrong number of dimensions, truncated or oversized payload, broken
-    gzip stream) naming the file and the fix, and `FileNotFoundError` for a missing file.
-    """
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """An unsigned-byte IDX file (gzip-compressed or raw) as a uint8 array; `IDXFormatError` names a damaged file."""
     path = Path(path)
     data = _read_bytes(path)
-    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] not in _IDX_DTYPES or data[3] == 0:
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08" or data[3] == 0:
         raise IDXFormatError(
-            f"{path} does not start with an IDX magic number (got bytes {data[:4].hex(' ')}; expected 00 00 "
-            f"<type 08..0e> <ndim>, e.g. 00 00 08 03 for images): it is not an IDX file or it is corrupt. {_REFETCH}"
+            f"{path} does not start with an IDX magic number (got bytes {data[:4].hex(' ')}; expected 00 00 08 "
+            f"<ndim>, e.g. 00 00 08 03 for images): it is not an IDX file or it is corrupt. {_REFETCH}"
         )
     ndim = data[3]
-    if expected_ndim is not None and ndim != expected_ndim:
-        raise IDXFormatError(
-            f"{path} has {ndim} dimensions, expected {expected_ndim}. Check that the images and labels files are "
-            "not swapped."
-        )
     header = 4 + 4 * ndim
     dims = struct.unpack(f">{ndim}I", data[4:header]) if len(data) >= header else None
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
     payload = len(data) - header
-    if dims is None or payload != math.prod(dims) * dtype.itemsize:
+    if dims is None or payload != math.prod(dims):
         shape = "an unreadable shape" if dims is None else f"shape {tuple(dims)}"
         raise IDXFormatError(
             f"{path} is truncated or too long: its header declares {shape} but it holds {max(payload, 0):,} bytes "
             f"of data. {_REFETCH}"
         )
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
 def find_fashion_mnist_files(data_dir: str | os.PathLike) -> dict[str, tuple[Path, Path]] | None:
@@ -140,20 +117,14 @@ def find_fashion_mnist_files(data_dir: str | os.PathLike) -> dict[str, tuple[Pat
     return None
 
 
-def verify_checksums(files: dict[str, tuple[Path, Path]]) -> dict[str, bool]:
-    """``{file name: md5 of its decompressed content matches Fashion-MNIST's}``."""
-    return {
-        path.name: hashlib.md5(_read_bytes(path)).hexdigest() == IDX_MD5.get(path.name.removesuffix(".gz"))
-        for pair in files.values()
-        for path in pair
-    }
-
-
 def _read_split(images_path: Path, labels_path: Path, expected: int | None) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = read_idx(images_path, expected_ndim=3), read_idx(labels_path, expected_ndim=1)
+    images, labels = read_idx(images_path), read_idx(labels_path)
     problem = None
-    if images.dtype != np.uint8 or images.shape[1:] != (28, 28):
-        problem = f"{images_path} holds {images.dtype} images of shape {images.shape[1:]}, not uint8 28x28"
+    if (images.ndim, labels.ndim) != (3, 1):
+        problem = f"{images_path} has {images.ndim} dimensions and {labels_path} {labels.ndim}, expected 3 and 1"
+        problem += ": check that the images and labels files are not swapped"
+    elif images.shape[1:] != (28, 28):
+        problem = f"{images_path} holds images of shape {images.shape[1:]}, not 28x28"
     elif len(images) != len(labels):
         problem = f"{images_path} holds {len(images):,} images but {labels_path} {len(labels):,} labels"
     elif expected is not None and len(images) != expected:
@@ -165,9 +136,7 @@ def _read_split(images_path: Path, labels_path: Path, expected: int | None) -> t
     return images, labels
 
 
-def _idx_examples(images_path: str, labels_path: str, expected: int | None, md5: str):
-    # `md5` only keys datasets' cache of this generator to the files' content.
-    images, labels = _read_split(Path(images_path), Path(labels_path), expected)
+def _idx_examples(images: np.ndarray, labels: np.ndarray):
     for image, label in zip(images, labels):
         yield {"image": image, "label": int(label)}
 
@@ -177,8 +146,8 @@ def load_local_fashion_mnist(
 ) -> DatasetDict:
     """Fashion-MNIST from local IDX files as ``DatasetDict(train, test)`` with the Hub's features.
 
-    The first call validates and converts the files (seconds); datasets caches the result, so later calls load
-    it from the cache. ``check_counts=False`` accepts splits of any size (slices of the real files, in tests).
+    datasets caches the conversion, keyed by the arrays. ``check_counts=False`` accepts splits of any size (slices
+    of the real files, in tests).
     """
     data_dir = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR)
     files = find_fashion_mnist_files(data_dir)
@@ -190,23 +159,20 @@ def load_local_fashion_mnist(
         )
     splits = {}
     for split, (images_path, labels_path) in files.items():
-        md5 = hashlib.md5(images_path.read_bytes() + labels_path.read_bytes()).hexdigest()
-        kwargs = {"images_path": str(images_path), "labels_path": str(labels_path), "md5": md5}
-        kwargs["expected"] = SPLIT_SIZES[split] if check_counts else None
-        try:
-            splits[split] = Dataset.from_generator(
-                _idx_examples, features=fashion_mnist_features(), gen_kwargs=kwargs, cache_dir=cache_dir, split=split
-            )
-        except DatasetGenerationError as err:  # datasets wraps what the generator raised
-            raise (err.__cause__ if isinstance(err.__cause__, IDXFormatError) else err) from None
+        images, labels = _read_split(images_path, labels_path, SPLIT_SIZES[split] if check_counts else None)
+        kwargs = {"images": images, "labels": labels}
+        splits[split] = Dataset.from_generator(
+            _idx_examples, features=fashion_mnist_features(), gen_kwargs=kwargs, cache_dir=cache_dir, split=split
+        )
     return DatasetDict(splits)
 
 
 def how_to_get_data() -> str:
     return (
-        f"To get Fashion-MNIST: on Debian/Ubuntu run `{INSTALL_COMMAND}` (the files land in {DEFAULT_DATA_DIR} and "
-        "are found automatically); or pass --data_dir with a folder holding the four IDX files from "
-        f"https://github.com/zalandoresearch/fashion-mnist; or give this machine access to the Hub ({HUB_DATASET_ID})."
+        "To get Fashion-MNIST: on Debian/Ubuntu run `sudo apt-get install dataset-fashion-mnist` (the files land in "
+        f"{DEFAULT_DATA_DIR} and are found automatically); or pass --data_dir with a folder holding the four IDX "
+        "files from https://github.com/zalandoresearch/fashion-mnist; or give this machine access to the Hub "
+        f"({HUB_DATASET_ID})."
     )
 
 
@@ -217,41 +183,31 @@ def _hub_source(repo_id: str, revision: str) -> str:
     return f"the Hub ({repo_id} at revision {revision}, {huggingface_hub.constants.ENDPOINT})"
 
 
-def _fashion_mnist_with_source(source: str, data_dir, cache_dir, revision: str = "main") -> tuple[DatasetDict, str]:
+def load_fashion_mnist(
+    source: str = "auto", data_dir=None, cache_dir: str | None = None, revision: str = "main"
+) -> tuple[DatasetDict, str]:
+    """``(DatasetDict(train, test) with the Hub's features, where it came from)``: the first source that works
+    (module docstring), or ``source="hub"``/``"local"``. ``revision``: the Hub dataset's branch, tag or commit."""
     if source not in ("auto", "hub", "local"):
         raise ValueError(f"--data_source {source!r}: use 'auto', 'hub' or 'local'.")
     if source == "local" or (source == "auto" and data_dir is not None):
         return load_local_fashion_mnist(data_dir, cache_dir), f"local IDX files in {data_dir or DEFAULT_DATA_DIR}"
-    if source == "hub" or hub_available():
-        try:
-            dataset = load_dataset(HUB_DATASET_ID, cache_dir=cache_dir, revision=revision)
-        except Exception as err:  # offline without a cached copy, or the Hub refused
-            raise DataUnavailableError(
-                f"Cannot load {HUB_DATASET_ID} ({type(err).__name__}: {err}). " + how_to_get_data()
-            ) from None
-        return DatasetDict(train=dataset["train"], test=dataset["test"]), _hub_source(HUB_DATASET_ID, revision)
-    if find_fashion_mnist_files(DEFAULT_DATA_DIR) is not None:
+    hub = source == "hub" or hub_available()
+    if not hub and find_fashion_mnist_files(DEFAULT_DATA_DIR) is not None:
         logger.warning("The Hub is not reachable; loading Fashion-MNIST from the IDX files in %s.", DEFAULT_DATA_DIR)
         return load_local_fashion_mnist(DEFAULT_DATA_DIR, cache_dir), f"local IDX files in {DEFAULT_DATA_DIR}"
-    try:  # in offline mode, a Hub copy downloaded earlier from the datasets cache (fails at once when there is none)
-        if not datasets.config.HF_HUB_OFFLINE:
-            raise FileNotFoundError
-        dataset = load_dataset(HUB_DATASET_ID, cache_dir=cache_dir, revision=revision)
-        return DatasetDict(train=dataset["train"], test=dataset["test"]), _hub_source(HUB_DATASET_ID, revision)
-    except Exception:
-        raise DataUnavailableError(
-            f"Fashion-MNIST is not available: the Hub is not reachable and {DEFAULT_DATA_DIR} holds no copy. "
-            + how_to_get_data()
-        ) from None
-
-
-def load_fashion_mnist(
-    source: str = "auto", data_dir=None, cache_dir: str | None = None, revision: str = "main"
-) -> DatasetDict:
-    """Fashion-MNIST as ``DatasetDict(train=60,000, test=10,000)`` with the Hub's features, from the first source
-    available (module docstring); ``source="hub"`` or ``"local"`` forces one. ``revision``: the Hub dataset's branch,
-    tag or commit."""
-    return _fashion_mnist_with_source(source, data_dir, cache_dir, revision)[0]
+    if hub or datasets.config.HF_HUB_OFFLINE:  # offline, a copy downloaded earlier may be in the datasets cache
+        try:
+            dataset = load_dataset(HUB_DATASET_ID, cache_dir=cache_dir, revision=revision)  # splits: train, test
+            return dataset, _hub_source(HUB_DATASET_ID, revision)
+        except Exception as err:  # offline without a cached copy, or the Hub refused
+            if hub:
+                message = f"Cannot load {HUB_DATASET_ID} ({type(err).__name__}: {err})."
+                raise DataUnavailableError(f"{message} {how_to_get_data()}") from None
+    raise DataUnavailableError(
+        f"Fashion-MNIST is not available: the Hub is not reachable and {DEFAULT_DATA_DIR} holds no copy. "
+        + how_to_get_data()
+    )
 
 
 # ----------------------------------------------------------------------------------------- any image dataset
@@ -268,7 +224,7 @@ def _standardise(dataset: DatasetDict, image_column: str, label_column: str) -> 
                 )
     dataset = dataset.select_columns([image_column, label_column])
     renames = {old: new for old, new in ((image_column, "image"), (label_column, "label")) if old != new}
-    dataset = dataset.rename_columns(renames) if renames else dataset
+    dataset = dataset.rename_columns(renames)
     if not isinstance(dataset["train"].features["image"], Image):
         dataset = dataset.cast_column("image", Image())
     if not isinstance(dataset["train"].features["label"], ClassLabel):
@@ -280,8 +236,8 @@ def _standardise(dataset: DatasetDict, image_column: str, label_column: str) -> 
 
 
 def unreadable_image(path: str) -> str | None:
-    """Why PIL cannot read the image file `path` (in words), or None. Only the header and the file's structure are
-    checked (`Image.verify`, about 0.1 ms for a small PNG), not the pixels: a damaged JPEG body still fails later."""
+    """Why PIL cannot read the image file `path` (in words), or None. `Image.verify` checks the header and the file's
+    structure, not the pixels: a damaged JPEG body still fails later."""
     try:
         with PILImage.open(path) as image:
             image.verify()
@@ -295,9 +251,8 @@ def unreadable_image(path: str) -> str | None:
 
 
 def check_image_folder(split: Dataset, source: str, root: str) -> None:
-    """Refuse an image-folder split (datasets' `imagefolder`) without classes or with files PIL cannot read, before
-    any training: the Trainer would stop at the first batch holding a broken file. `source` names the flag and
-    folder in the message, `root` is the folder."""
+    """Refuse an image-folder split without two classes or with files PIL cannot read, before any training (the
+    Trainer would stop at the first batch holding one). `source` names the flag and folder `root` in the message."""
     paths = [image["path"] for image in split.cast_column("image", Image(decode=False))["image"]]
     if split.column_names == ["image"]:  # datasets inferred no labels: one class folder, or images at several depths
         parents = sorted({os.path.relpath(os.path.dirname(path), root) for path in paths})
@@ -321,18 +276,14 @@ def check_image_folder(split: Dataset, source: str, root: str) -> None:
 
 
 def load_image_classification_dataset(args: "DataArguments", cache_dir: str | None = None, seed: int = 42):
-    """Any image-classification dataset as ``(DatasetDict(train, test), description of the source)``.
-
-    Fashion-MNIST by default (:func:`load_fashion_mnist`); ``--train_dir``/``--validation_dir``: image folders
-    (``<dir>/<class>/<image>``); else ``load_dataset(--dataset_name, ...)`` (a Hub id or a local folder). The
-    evaluation split is ``test``, else ``validation``, else a stratified, seeded 15% of train.
-    """
+    """Any image-classification dataset as ``(DatasetDict(train, test), description of the source)``: Fashion-MNIST,
+    image folders or ``load_dataset(--dataset_name)``. Evaluation uses ``test``, else ``validation``, else a
+    stratified, seeded 15% of train."""
     name = args.dataset_name
     if args.train_dir or args.validation_dir:
         folders = {"train": args.train_dir, "validation": args.validation_dir}
+        folders = {split: folder for split, folder in folders.items() if folder}
         for split, folder in folders.items():
-            if folder is None:
-                continue
             if not Path(folder).is_dir():
                 raise DataUnavailableError(f"--{split}_dir {folder}: no such folder.")
             if not any(names for _, _, names in os.walk(folder)):
@@ -342,15 +293,12 @@ def load_image_classification_dataset(args: "DataArguments", cache_dir: str | No
                 )
         if name or not args.train_dir:
             raise ValueError("Pass --train_dir (and optionally --validation_dir), or --dataset_name, not both.")
-        files = {split: os.path.join(folder, "**") for split, folder in folders.items() if folder}
+        files = {split: os.path.join(folder, "**") for split, folder in folders.items()}
         dataset, description = load_dataset("imagefolder", data_files=files, cache_dir=cache_dir), args.train_dir
         for split, folder in folders.items():
-            if folder is not None:
-                check_image_folder(dataset[split], f"--{split}_dir {folder}", folder)
+            check_image_folder(dataset[split], f"--{split}_dir {folder}", folder)
     elif name is None or name in FASHION_MNIST_NAMES:
-        dataset, description = _fashion_mnist_with_source(
-            args.data_source, args.data_dir, cache_dir, args.dataset_revision
-        )
+        dataset, description = load_fashion_mnist(args.data_source, args.data_dir, cache_dir, args.dataset_revision)
     elif not Path(name).exists() and not hub_available():
         raise DataUnavailableError(
             f"--dataset_name {name!r} is not a local path and the Hub is not reachable. Give a local folder "
@@ -402,48 +350,31 @@ class DataArguments:
     """Where the images come from and how they are preprocessed. Default: Fashion-MNIST, the book's transform."""
 
     data_source: str = field(default="auto", metadata={"help": "Fashion-MNIST source: 'auto', 'hub' or 'local'."})
-    data_dir: str | None = field(
-        default=None, metadata={"help": f"Folder with the four Fashion-MNIST IDX files. Default: {DEFAULT_DATA_DIR}"}
-    )
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "Another dataset with image and label columns: a Hub id or a local folder."}
-    )
+    data_dir: str | None = field(default=None, metadata={"help": "Folder with the four Fashion-MNIST IDX files."})
+    dataset_name: str | None = field(default=None, metadata={"help": "Another dataset: a Hub id or a local folder."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's config (subset) name."})
-    dataset_revision: str = field(
-        default="main", metadata={"help": "The Hub dataset's branch, tag or commit sha (Fashion-MNIST's too)."}
-    )
+    dataset_revision: str = field(default="main", metadata={"help": "The Hub dataset's branch, tag or commit."})
     train_dir: str | None = field(default=None, metadata={"help": "An image folder (one sub-folder per class)."})
     validation_dir: str | None = field(default=None, metadata={"help": "An image folder for evaluation."})
     image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
     label_column_name: str = field(default="label", metadata={"help": "Column holding the class labels."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on a seeded subset of this size."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on a seeded subset of this size."})
-    validation_size: float | None = field(
-        default=None,
-        metadata={
-            "help": "Hold out this many training images (or this fraction, if < 1), stratified, seed 42, as the "
-            "evaluation set, for choosing hyper-parameters without the test split."
-        },
-    )
+    validation_size: float | None = field(default=None, metadata={"help": "Evaluate on held-out training images."})
     augmentation: str = field(
-        default="none", metadata={"help": "'none' (the book) or 'improved' (random crop, flip, random erasing)."}
+        default="none", metadata={"help": "'none' (the book) or 'improved' (crop, flip, erase)."}
     )
-    crop_padding: int | None = field(
-        default=None, metadata={"help": "Random-crop padding in pixels (0: no crop). Default: 4/28 of the height."}
-    )
+    crop_padding: int | None = field(default=None, metadata={"help": "Random-crop padding in pixels (0: no crop)."})
     erasing_prob: float = field(default=0.25, metadata={"help": "Random-erasing probability (improved)."})
     normalize: bool = field(default=False, metadata={"help": "Normalise with Fashion-MNIST's mean and std."})
     preprocessing_backend: str = field(
-        default="pil",
-        metadata={"help": "'pil' (the image processor, as at inference) or 'tensor' (batched torch resize)."},
+        default="pil", metadata={"help": "'pil' (the processor) or 'tensor' (batched)."}
     )
-    preload_images: bool = field(
-        default=False, metadata={"help": "Decode all images once into memory instead of every epoch."}
-    )
+    preload_images: bool = field(default=False, metadata={"help": "Decode all images once, not every epoch."})
 
     def __post_init__(self):
-        if self.preprocessing_backend not in BACKENDS:
-            raise ValueError(f"--preprocessing_backend {self.preprocessing_backend!r}: use one of {BACKENDS}.")
+        if self.preprocessing_backend not in ("pil", "tensor"):
+            raise ValueError(f"--preprocessing_backend {self.preprocessing_backend!r}: use 'pil' or 'tensor'.")
         if self.augmentation not in ("none", "improved"):
             raise ValueError(f"--augmentation {self.augmentation!r}: use 'none' or 'improved'.")
         if self.crop_padding is not None and self.crop_padding < 0:
@@ -475,13 +406,9 @@ def load_splits(args: DataArguments, seed: int = 42, cache_dir: str | None = Non
         parts = train_validation_split(train, count, VALIDATION_SEED)
         train, evaluation = parts["train"], parts["validation"]
         description += f", evaluated on {count} held-out training images (seed {VALIDATION_SEED})"
-    label_names = list(train.features["label"].names)
-    return (
-        _subset(train, args.max_train_samples, seed),
-        _subset(evaluation, args.max_eval_samples, seed),
-        label_names,
-        description,
-    )
+    train = _subset(train, args.max_train_samples, seed)
+    evaluation = _subset(evaluation, args.max_eval_samples, seed)
+    return train, evaluation, list(train.features["label"].names), description
 
 
 def hub_dataset_id(args: DataArguments) -> str | None:
@@ -496,33 +423,22 @@ def hub_dataset_id(args: DataArguments) -> str | None:
 # ---------------------------------------------------------------------------------------------- preprocessing
 
 
+@dataclass
 class ImageClassificationCollator:
-    r"""The model's image processor on a batch, as ``Dataset.set_transform(collator.transform)`` or as a
-    DataLoader ``collate_fn`` over rows ``{"image", "label"}``; returns ``{"pixel_values", "labels"}``.
+    """The model's image processor on rows ``{"image", "label"}``, as a DataLoader ``collate_fn`` or as
+    ``Dataset.set_transform(collator.transform)`` (with the Trainer, ``remove_unused_columns=False``).
 
-    Args:
-        image_processor: the model's (the book's transform for `ViTD2LImageProcessor`).
-        augment: the improved recipes' augmentation after the processor: random crop with zero padding
-            (``crop_padding`` output pixels, default 4/28 of the height), horizontal flip (``flip_prob``), random
-            erasing (``erasing_prob``, area 2-33%, aspect 0.3-3.3, filled with 0), drawn from torch's global RNG,
-            which the Trainer seeds and its checkpoints restore.
-        backend: ``"pil"`` calls the image processor, bit for bit what inference sees. ``"tensor"`` stacks the
-            images as uint8 and resizes the batch with ``F.interpolate`` (bilinear, rounded to uint8 levels as PIL
-            does), then rescales and normalises like the processor: within 1/255 of ``"pil"``, identical without a
-            resize. For images of one size and a bilinear processor.
+    ``backend="pil"`` calls the processor, as inference does; ``"tensor"`` resizes the whole batch with
+    ``F.interpolate`` (within 1/255 of PIL), for images of one size. ``augment``: the improved recipes' random crop,
+    flip and random erasing, drawn from torch's global RNG, which the Trainer seeds and its checkpoints restore.
     """
 
-    def __init__(
-        self, image_processor, augment=False, backend="pil", crop_padding=None, flip_prob=0.5, erasing_prob=0.25
-    ):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
-        self.image_processor = image_processor
-        self.augment = augment
-        self.backend = backend
-        self.crop_padding = crop_padding
-        self.flip_prob = flip_prob
-        self.erasing_prob = erasing_prob
+    image_processor: BaseImageProcessor
+    augment: bool = False
+    backend: str = "pil"
+    crop_padding: int | None = None
+    flip_prob: float = 0.5
+    erasing_prob: float = 0.25
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         if not examples or "image" not in examples[0]:
@@ -531,8 +447,7 @@ class ImageClassificationCollator:
                 f"Examples have the keys {keys}, expected 'image' and 'label'. With the Trainer pass "
                 "--remove_unused_columns false, which otherwise drops the columns the model does not take."
             )
-        labels = [example["label" if "label" in example else "labels"] for example in examples]
-        return self.transform({"image": [example["image"] for example in examples], "label": labels})
+        return self.transform({key: [example[key] for example in examples] for key in ("image", "label")})
 
     def transform(self, batch: dict) -> dict[str, torch.Tensor]:
         """Columns ``image`` and ``label`` -> ``pixel_values`` (B, C, H, W) float32 and ``labels`` (B,) int64."""
@@ -570,17 +485,16 @@ class ImageClassificationCollator:
         return batch.contiguous()
 
     def augment_batch(self, x: torch.Tensor) -> torch.Tensor:
-        """Random crop with padding, horizontal flip and random erasing of a (B, C, H, W) batch."""
+        """Random crop with padding (default 4/28 of the height), horizontal flip and random erasing (area 2-33%,
+        aspect 0.3-3.3) of a (B, C, H, W) batch."""
         batch, _, height, width = x.shape
         pad = self.crop_padding if self.crop_padding is not None else round(4 * height / 28)
         if pad > 0:
             processor = self.image_processor  # the padding is a black pixel in the output space
             black = -np.mean(processor.image_mean) / np.mean(processor.image_std) if processor.do_normalize else 0.0
             padded = F.pad(x, (pad, pad, pad, pad), value=float(black))
-            top, left = torch.randint(0, 2 * pad + 1, (2, batch))
-            rows = (top[:, None] + torch.arange(height))[:, :, None]  # (B, H, 1)
-            cols = (left[:, None] + torch.arange(width))[:, None, :]  # (B, 1, W)
-            x = padded.permute(0, 2, 3, 1)[torch.arange(batch)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+            offsets = torch.randint(0, 2 * pad + 1, (2, batch)).T.tolist()
+            x = torch.stack([image[:, i : i + height, j : j + width] for image, (i, j) in zip(padded, offsets)])
         if self.flip_prob > 0:
             x = torch.where((torch.rand(batch) < self.flip_prob)[:, None, None, None], x.flip(-1), x)
         if self.erasing_prob > 0:
@@ -598,8 +512,8 @@ class ImageClassificationCollator:
 
 
 class PreloadedImageDataset(torch.utils.data.Dataset):
-    """A split's images decoded once into one uint8 array (``with_format("numpy")``), with a batch transform
-    applied on access as ``set_transform`` would, so every epoch skips PNG decoding. Same pixels, same batches."""
+    """A split's images decoded once into one uint8 array, with a batch transform applied on access as
+    ``set_transform`` would: the same batches without decoding every epoch."""
 
     def __init__(self, dataset: Dataset, transform, max_bytes: int = 4 * 2**30):
         first = np.asarray(dataset[0]["image"]) if len(dataset) else np.zeros(0)
@@ -634,13 +548,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     files = find_fashion_mnist_files(args.data_dir)
     if files is None:
-        print(f"error: no Fashion-MNIST IDX files in {args.data_dir}. {how_to_get_data()}", file=sys.stderr)
-        return 2
+        parser.error(f"no Fashion-MNIST IDX files in {args.data_dir}. {how_to_get_data()}")
     if args.command == "check":
-        result = verify_checksums(files)
+        result = {
+            path.name: hashlib.md5(_read_bytes(path)).hexdigest() == IDX_MD5.get(path.name.removesuffix(".gz"))
+            for pair in files.values()
+            for path in pair
+        }
         print(json.dumps(result, indent=1))
         return 0 if all(result.values()) else 1
-    pixels = read_idx(files["train"][0], expected_ndim=3) / 255.0
+    pixels = read_idx(files["train"][0]) / 255.0
     print(json.dumps({"mean": float(pixels.mean()), "std": float(pixels.std()), "images": len(pixels)}))
     return 0
 
