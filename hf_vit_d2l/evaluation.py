@@ -394,16 +394,11 @@ class EvaluateArguments:
     """`scripts/run_evaluation.py`: a saved folder or Hub id, evaluated on a test split."""
 
     model_name_or_path: str = field(metadata={"help": "A folder written by scripts/train.py, or a Hub id."})
-    output_dir: str | None = field(
-        default=None,
-        metadata={"help": "Where eval_results.json and confusion_matrix.png go. Default: the model folder."},
-    )
+    output_dir: str | None = field(default=None, metadata={"help": "Where the results go. Default: the model folder."})
     revision: str = field(default="main", metadata={"help": "A Hub model's branch, tag or commit sha."})
     batch_size: int = field(default=256, metadata={"help": "Images per forward pass."})
     device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda', 'cuda:1'... Default: cuda if any."})
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Run the code files stored with the model instead of the installed package."}
-    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run the code files stored with the model."})
     test_time_flip: bool | None = field(
         default=None,
         metadata={"help": "Override config.test_time_flip (average with the mirror image's logits). Default: saved."},
