@@ -1,18 +1,12 @@
-"""What evaluating a saved model needs: loading with clear errors, the weights' headers, and the plots.
-
-`load_model_and_processor` is what every command-line entry point loads a model with, so that a broken folder gets
-one `ModelLoadError` naming the file and what to do instead of a deep traceback. `main()` (`scripts/run_evaluation.py`,
-`vit-d2l-evaluate`, `python -m hf_vit_d2l.evaluation`) computes the accuracy, per-class accuracy and confusion matrix
-of a saved folder or Hub id with it:
+"""Evaluating a saved model, and the strict loading every command uses: one `ModelLoadError` line per broken folder.
 
     python -m hf_vit_d2l.evaluation --model_name_or_path runs/quick
     python -m hf_vit_d2l.evaluation --model_name_or_path USER/vit-d2l-fashion-mnist --output_dir eval/hub-model
     python -m hf_vit_d2l.evaluation --model_name_or_path runs/quick --test_time_flip true
 
-It writes `confusion_matrix.png` and `eval_results.json` (accuracy, loss, num_samples, per_class_accuracy,
-confusion_matrix, labels, inverted_accuracy) into --output_dir (default: the model folder), where the model card
-reads them. The data flags are train.py's (--dataset_name, --data_dir, --max_eval_samples, --validation_size, ...):
-evaluate on the split training held out.
+It writes `confusion_matrix.png` and `eval_results.json` into --output_dir (default: the model folder), where the model
+card reads them. The data flags are train.py's (--dataset_name, --data_dir, --validation_size ...): evaluate on the
+split training held out.
 """
 
 from __future__ import annotations
@@ -48,14 +42,7 @@ from .data import DataArguments, DataUnavailableError, ImageClassificationCollat
 from .utils import check_writable_folder, unsafe_pickle_message, write_json_atomic
 
 logger = logging.getLogger(__name__)
-
-# The weight files `from_pretrained` reads, in the order it prefers them.
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
+LAYER_NUMBER = re.compile(r"\.\d+(?=\.|$)")  # encoder.layer.3.mlp... -> encoder.layer.N.mlp...
 
 
 class ModelLoadError(OSError):
@@ -86,10 +73,7 @@ def read_json(path: str, error: type[Exception] = ModelLoadError) -> dict[str, A
 
 
 def count_parameters(folder: str) -> int:
-    """Parameters of the saved weights, read from the safetensors headers (no tensor is loaded).
-
-    A damaged file gets a `ModelLoadError` naming it: transformers' own error (from Rust) names no file.
-    """
+    """Parameters of the saved weights, read from the safetensors headers (no tensor is loaded)."""
     from safetensors import safe_open
 
     total = 0
@@ -97,7 +81,7 @@ def count_parameters(folder: str) -> int:
         try:
             with safe_open(os.path.join(folder, name), framework="np") as f:
                 total += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())  # noqa: SIM118
-        except Exception as err:  # safetensors raises its own SafetensorError (not an OSError) for a bad header
+        except Exception as err:  # safetensors' own error (not an OSError) names no file
             raise ModelLoadError(
                 f"{os.path.join(folder, name)} is damaged ({_first_line(err)}); it was cut short or overwritten. "
                 "Copy the file again or save the model again."
@@ -126,9 +110,8 @@ def check_model_folder(folder: str, trust_remote_code: bool = False) -> dict[str
 
 
 def check_model_config(config: dict[str, Any], where: str, trust_remote_code: bool = False) -> None:
-    """Refuse a config.json (`where` names it) whose model_type no image classifier loads from: unknown to
-    transformers, not the type of the class that saved the weights, or a type without an image-classification model
-    (e.g. 'bert'). With `trust_remote_code`, a model_type the config's own code (its auto_map) defines is allowed."""
+    """Refuse a config.json (`where` names it) whose model_type no image classifier loads from: unknown, not the
+    saving class's, or without an image-classification model. With `trust_remote_code`, its auto_map may define it."""
     model_type = config.get("model_type")
     own_code = trust_remote_code and "AutoModelForImageClassification" in (config.get("auto_map") or {})
     if model_type not in CONFIG_MAPPING and not own_code:
@@ -138,8 +121,7 @@ def check_model_config(config: dict[str, Any], where: str, trust_remote_code: bo
             "own code (an auto_map in config.json)."
         )
     check_model_type(config, where)
-    known = model_type in CONFIG_MAPPING
-    if known and CONFIG_MAPPING[model_type] not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING and not own_code:
+    if not own_code and CONFIG_MAPPING[model_type] not in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING:
         raise ModelLoadError(
             f"{where} has model_type {model_type!r}, which has no image-classification model; expected "
             "'vit_d2l' (this package's models) or another image-classification type of transformers (such as "
@@ -151,18 +133,16 @@ def architecture_model_type(name: str) -> str | None:
     """The model_type of the model class called `name` (this package's or transformers'), None when unknown."""
     from . import modeling_vit_d2l
 
-    cls = getattr(modeling_vit_d2l, name, None)
-    if cls is None:
-        try:
-            cls = getattr(transformers, name, None)
-        except Exception:  # transformers imports the class's module lazily; a missing dependency fails there
-            cls = None
+    try:
+        cls = getattr(modeling_vit_d2l, name, None) or getattr(transformers, name, None)
+    except Exception:  # transformers imports the class's module lazily; a missing dependency fails there
+        cls = None
     return getattr(getattr(cls, "config_class", None), "model_type", None)
 
 
 def check_model_type(config: dict[str, Any], where: str) -> None:
-    """Refuse a config whose model_type is not that of the classes its `architectures` name (the classes that saved
-    the weights): transformers would build another model and fill it with random weights, or ask for remote code."""
+    """Refuse a model_type that is not that of the classes its `architectures` name (which saved the weights):
+    transformers would build another model and fill it with random weights, or ask for remote code."""
     model_type = config.get("model_type")
     architectures = [name for name in config.get("architectures") or [] if isinstance(name, str)]
     saved_by = {architecture_model_type(name) for name in architectures} - {None}
@@ -175,50 +155,33 @@ def check_model_type(config: dict[str, Any], where: str) -> None:
 
 
 def weights_name(path: str) -> str:
-    """The weight file that a refusal names: the folder's, or the Hub id's weights."""
-    if os.path.isdir(path):
-        for name in WEIGHT_FILES:
-            if os.path.isfile(os.path.join(path, name)):
-                return os.path.join(path, name)
-    return f"the weights of {path}"
-
-
-def _shape(size) -> str:
-    return f"({', '.join(str(n) for n in size)})"
+    """The weight file that a refusal names: the folder's, in `from_pretrained`'s order, or the Hub id's weights."""
+    names = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    found = [os.path.join(path, name) for name in names if os.path.isfile(os.path.join(path, name))]
+    return found[0] if found else f"the weights of {path}"
 
 
 def check_loading_info(model, info: dict[str, Any], weights: str, ignore_mismatched_sizes: bool = False) -> None:
-    """Refuse weights that leave part of `model` (built from config.json) unloaded, that have other shapes, or that
-    hold more of the model's own layers than config.json; warn about other tensors the model does not use.
-
-    `info` is `from_pretrained(..., output_loading_info=True)`'s. With `ignore_mismatched_sizes` the classifier (the
-    weights outside the base model) may be missing or of another shape: it stays newly initialised, to be trained.
-    """
+    """Refuse weights that leave part of `model` unloaded, have other shapes, or hold more of its layers than
+    config.json describes; warn about other tensors. `info` is `from_pretrained(..., output_loading_info=True)`'s.
+    With `ignore_mismatched_sizes` the classifier may be missing or of another shape: it stays newly initialised."""
     name = type(model).__name__
-    expected = list(model.state_dict())
-    prefix = f"{model.base_model_prefix}."
-    has_head = hasattr(model, model.base_model_prefix)
+    expected = model.state_dict()
 
     def in_head(key: str) -> bool:
-        return has_head and not key.startswith(prefix)
+        return not key.startswith(f"{model.base_model_prefix}.")
 
-    def layout(key: str) -> str:  # a key with its layer numbers blanked: encoder.layer.N.mlp...
-        return re.sub(r"\.\d+(?=\.|$)", ".N", key)
-
-    # Sorted with the base model's keys first: they say more about what differs than the classifier's.
+    # The base model's keys first: they say more about what differs than the classifier's.
     missing = sorted(info["missing_keys"], key=lambda key: (in_head(key), key))
-    mismatched = sorted(
-        ((key, tuple(saved), tuple(built)) for key, saved, built in info["mismatched_keys"]),
-        key=lambda entry: (in_head(entry[0]), entry[0]),
-    )
+    mismatched = sorted(info["mismatched_keys"], key=lambda entry: (in_head(entry[0]), entry[0]))
     new_head = []
     if ignore_mismatched_sizes:
-        new_head = [key for key in missing if in_head(key)] + [key for key, *_ in mismatched if in_head(key)]
+        new_head = [key for key in missing + [key for key, *_ in mismatched] if in_head(key)]
         missing = [key for key in missing if not in_head(key)]
         mismatched = [entry for entry in mismatched if not in_head(entry[0])]
     unexpected = sorted(info["unexpected_keys"])
-    layouts = {layout(key) for key in expected}
-    misplaced = [key for key in unexpected if layout(key) in layouts]
+    layouts = {LAYER_NUMBER.sub(".N", key) for key in expected}
+    misplaced = [key for key in unexpected if LAYER_NUMBER.sub(".N", key) in layouts]
     if missing and all(in_head(key) for key in missing):
         raise ModelLoadError(
             f"{weights} has no classifier ({', '.join(missing)}) for {name}: its predictions would be random. Pass "
@@ -235,8 +198,8 @@ def check_loading_info(model, info: dict[str, Any], weights: str, ignore_mismatc
         what = "config.json's num_labels and id2label" if in_head(key) else "config.json's sizes"
         raise ModelLoadError(
             f"{weights} does not fit config.json: {len(mismatched)} tensor(s) differ in shape (first: {key} is "
-            f"{_shape(saved)} in the file, {_shape(built)} in the {name} that config.json describes). Fix {what} "
-            "to match the weights."
+            f"({', '.join(map(str, saved))}) in the file, ({', '.join(map(str, built))}) in the {name} that "
+            f"config.json describes). Fix {what} to match the weights."
         )
     if misplaced:
         raise ModelLoadError(
@@ -267,12 +230,8 @@ def load_model(
     model_class=AutoModelForImageClassification,
     **kwargs,
 ):
-    """`model_class.from_pretrained(path, ...)` that refuses what transformers only reports: missing weights, other
-    shapes (except the classifier with `ignore_mismatched_sizes`), extra layers, a model_type that does not match the
-    saved class. Each refusal is one `ModelLoadError` naming the file; tensors the model does not use get a warning.
-
-    `kwargs` go to `from_pretrained` (`config=`, `revision=`, `cache_dir=`, `attn_implementation=` ...).
-    """
+    """`model_class.from_pretrained(path, ...)` that refuses, in one `ModelLoadError` naming the file, what
+    transformers only reports (`check_loading_info`, `check_model_type`). `kwargs` go to `from_pretrained`."""
     path = os.fspath(path)
     config_file = os.path.join(path, "config.json") if os.path.isdir(path) else f"{path}'s config.json"
     # The checks below replace transformers' loading report, and one line is all a refusal prints.
@@ -294,8 +253,6 @@ def load_model(
     except pickle.UnpicklingError:  # torch's weights_only loader refused a pytorch_model.bin
         raise ModelLoadError(unsafe_pickle_message(weights_name(path))) from None
     except (OSError, ValueError, KeyError, EOFError, RuntimeError, TypeError) as err:
-        if isinstance(err, ModelLoadError):
-            raise
         raise load_error(path, err) from None
     finally:
         transformers.logging.set_verbosity(verbosity)
@@ -312,15 +269,12 @@ def load_error(path: str, error: BaseException) -> ModelLoadError:
     return ModelLoadError(f"Could not load {what}: {_first_line(error)}")
 
 
-def stored_code_class(path: str, auto_map: dict | None, auto_class: str, revision: str):
-    """The class that `auto_map` (of config.json or preprocessor_config.json) names for `auto_class`, imported from
-    the code files stored with the model (a folder's own files, a Hub repo's at `revision`); None without one.
-
-    `AutoModelForImageClassification.from_pretrained(..., trust_remote_code=True)` would pick the installed package's
-    classes instead: transformers prefers classes registered in this process over a folder's code."""
-    reference = (auto_map or {}).get(auto_class)
-    if not isinstance(reference, str):  # none, or several per backend: then transformers' Auto class chooses
-        return None
+def stored_code_class(path: str, auto_map: dict | None, auto_class, revision: str):
+    """The class that `auto_map` names for `auto_class`, imported from the code stored with the model, else
+    `auto_class`. (`auto_class` itself would prefer the classes this package registered over the stored code.)"""
+    reference = (auto_map or {}).get(auto_class.__name__)
+    if not isinstance(reference, str):  # none, or several per backend: then the Auto class chooses
+        return auto_class
     try:
         return get_class_from_dynamic_module(reference, path, revision=revision)
     except (OSError, ValueError, ImportError, AttributeError) as err:
@@ -342,14 +296,9 @@ def load_model_and_processor(
     ignore_mismatched_sizes: bool = False,
     revision: str = "main",
 ):
-    """(model in eval mode, image processor) from a local folder or a Hub id (at `revision`: a branch, tag or commit),
-    or a `ModelLoadError` saying why not.
-
-    The model loads strictly (`load_model`): weights that do not fit config.json are refused, not replaced by random
-    ones. With `trust_remote_code=True` the code files stored with the model (named by the `auto_map` of config.json
-    and preprocessor_config.json) run instead of the installed package, for this package's models too; pin the
-    revision of a Hub model when you do.
-    """
+    """(model in eval mode, image processor) from a local folder or a Hub id at `revision`, loaded strictly
+    (`load_model`), or a `ModelLoadError` saying why not. With `trust_remote_code` the code files stored with the
+    model run instead of the installed package, for this package's models too."""
     path = os.fspath(path)
     if os.path.isdir(path):
         config = check_model_folder(path, trust_remote_code)
@@ -366,17 +315,14 @@ def load_model_and_processor(
         except (OSError, ValueError) as err:
             raise load_error(path, err) from None
         check_model_config(config, f"{path}'s config.json", trust_remote_code)
-    model_class = AutoModelForImageClassification
-    processor_class = AutoImageProcessor
+    model_class, processor_class = AutoModelForImageClassification, AutoImageProcessor
     if trust_remote_code:
         try:
             processor_config = ImageProcessingMixin.get_image_processor_dict(path, revision=revision)[0]
         except (OSError, ValueError) as err:
             raise load_error(path, err) from None
-        auto_class = "AutoModelForImageClassification"
-        model_class = stored_code_class(path, config.get("auto_map"), auto_class, revision) or model_class
-        stored = stored_code_class(path, processor_config.get("auto_map"), "AutoImageProcessor", revision)
-        processor_class = stored or processor_class
+        model_class = stored_code_class(path, config.get("auto_map"), model_class, revision)
+        processor_class = stored_code_class(path, processor_config.get("auto_map"), processor_class, revision)
     model = load_model(path, trust_remote_code, ignore_mismatched_sizes, model_class, revision=revision)
     options = {"revision": revision}
     if processor_class is AutoImageProcessor:
@@ -393,10 +339,7 @@ def load_model_and_processor(
 
 def plot_training_curves(log_history: Sequence[dict], path: str | os.PathLike, title: str | None = None) -> str:
     """Draw train loss, eval loss and eval accuracy against epochs on one axis, as d2l's `ProgressBoard` does.
-
-    `log_history` is `trainer_state.json`'s: train loss entries are the Trainer's logged running means; the final
-    summary entry (`train_loss` over the whole run) has no `loss` key and is left out.
-    """
+    `log_history` is `trainer_state.json`'s; its final summary (`train_loss`, no `loss`) is not a point."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.5, 3.8))
@@ -451,16 +394,11 @@ class EvaluateArguments:
     """`scripts/run_evaluation.py`: a saved folder or Hub id, evaluated on a test split."""
 
     model_name_or_path: str = field(metadata={"help": "A folder written by scripts/train.py, or a Hub id."})
-    output_dir: str | None = field(
-        default=None,
-        metadata={"help": "Where eval_results.json and confusion_matrix.png go. Default: the model folder."},
-    )
+    output_dir: str | None = field(default=None, metadata={"help": "Where the results go. Default: the model folder."})
     revision: str = field(default="main", metadata={"help": "A Hub model's branch, tag or commit sha."})
     batch_size: int = field(default=256, metadata={"help": "Images per forward pass."})
     device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda', 'cuda:1'... Default: cuda if any."})
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Run the code files stored with the model instead of the installed package."}
-    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run the code files stored with the model."})
     test_time_flip: bool | None = field(
         default=None,
         metadata={"help": "Override config.test_time_flip (average with the mirror image's logits). Default: saved."},
@@ -469,13 +407,11 @@ class EvaluateArguments:
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}.")
-        if self.output_dir is None:
-            if looks_like_local_path(self.model_name_or_path) and not os.path.isdir(self.model_name_or_path):
+        if self.output_dir is None and not os.path.isdir(self.model_name_or_path):
+            if looks_like_local_path(self.model_name_or_path):
                 raise ValueError(f"{self.model_name_or_path}: no such folder. Pass a model folder or a Hub id.")
-            if not os.path.isdir(self.model_name_or_path):
-                raise ValueError(
-                    f"{self.model_name_or_path} is not a local folder; pass --output_dir for the results."
-                )
+            raise ValueError(f"{self.model_name_or_path} is not a local folder; pass --output_dir for the results.")
+        if self.output_dir is None:
             self.output_dir = self.model_name_or_path
 
 
@@ -495,11 +431,8 @@ def label_mapping(dataset_names: list[str], model_id2label: dict) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate_saved_model(eval_args: EvaluateArguments, data_args) -> dict[str, Any]:
-    """Accuracy, loss, per-class accuracy and confusion matrix of a saved model on the evaluation split.
-
-    `data_args` is `hf_vit_d2l.data.DataArguments` (the training data flags). Writes `confusion_matrix.png` and then
-    `eval_results.json` into `eval_args.output_dir`.
-    """
+    """Accuracy, loss, per-class accuracy and confusion matrix of a saved model on the evaluation split of
+    `data_args` (`DataArguments`, the training data flags), written into `eval_args.output_dir`."""
     from .accuracy_metric import load_accuracy  # evaluate loads here, not for every command that loads a model
 
     check_writable_folder(eval_args.output_dir, "--output_dir")  # before any work, not after it
@@ -571,24 +504,6 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in results["per_class_accuracy"].items():
         print(f"  {name:<{width}}  {'n/a' if value is None else f'{value:.4f}'}")
     return 0
-
-
-__all__ = [
-    "EvaluateArguments",
-    "evaluate_saved_model",
-    "main",
-    "ModelLoadError",
-    "check_loading_info",
-    "check_model_config",
-    "check_model_folder",
-    "check_model_type",
-    "count_parameters",
-    "load_model",
-    "load_model_and_processor",
-    "looks_like_local_path",
-    "plot_confusion_matrix",
-    "plot_training_curves",
-]
 
 
 if __name__ == "__main__":

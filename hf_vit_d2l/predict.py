@@ -3,16 +3,11 @@
     python -m hf_vit_d2l.predict shirt.png boots.jpg --model outputs/vit_d2l_fashion_mnist
     python -m hf_vit_d2l.predict my_images/ --model USER/vit-d2l-fashion-mnist --top_k 3 --json > predictions.json
 
-Arguments are image files (anything PIL reads, of any mode and size) and folders, walked recursively for image files
-(by extension). Every image goes to the model's own image processor as the PIL image it is, so `predict`, the
-`pipeline` and the processor give the same answer for the same file. A file that cannot be used (not an image,
-truncated, unreadable, over PIL's decompression-bomb limit, not a regular file: a FIFO, socket or device is never
-opened) gets its own error line (an `"error"` entry with --json) and the others still run; the exit code is 1 when
-any file failed, 2 when nothing could run (no images, or a model that cannot load, including weights that do not fit
-its config.json).
-
-`--model` is a local folder or a Hub id. Models of this package load with the installed code; `--trust_remote_code`
-runs the code files stored with the model instead (needed for Hub models of other custom types).
+Folders are walked recursively for image files (by extension). Each image goes to the model's own image processor
+as the PIL image it is, so `predict`, the `pipeline` and the processor give the same answer. A file that cannot be
+used (not an image, truncated, over PIL's decompression-bomb limit, not a regular file: a FIFO is never opened) gets
+its own error line and the others still run. Exit code 1: some file failed; 2: nothing could run (no images, or a
+model that cannot load).
 """
 
 from __future__ import annotations
@@ -56,8 +51,8 @@ class Prediction:
 
 
 def file_kind(path: str) -> str:
-    """What `path` is: "file", "folder", or why it cannot be read as an image. Only `os.stat` looks at it, so a FIFO
-    is never opened (opening one blocks until something writes to it)."""
+    """What `path` is: "file", "folder", or why it cannot be read as an image. Only `os.stat` looks at it: opening a
+    FIFO blocks until something writes to it."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -68,41 +63,30 @@ def file_kind(path: str) -> str:
         return "file"
     if stat.S_ISDIR(mode):
         return "folder"
-    if stat.S_ISFIFO(mode):
-        kind = "a FIFO"
-    elif stat.S_ISSOCK(mode):
-        kind = "a socket"
-    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        kind = "a device"
-    else:
-        kind = "a special file"
+    kind = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode), "a device")
     return f"not a regular file ({kind}); skipped"
 
 
 def collect_images(paths: Iterable[str]) -> tuple[list[str], list[Prediction]]:
     """Regular files to classify (folders walked recursively, sorted), and an error for each path that does not
-    exist or is not a regular file (FIFOs, sockets and devices are skipped, never opened)."""
+    exist or is not a regular file."""
     files: list[str] = []
     errors: list[Prediction] = []
     for path in paths:
-        kind = file_kind(path)
-        if kind == "folder":
+        found = [path]
+        if file_kind(path) == "folder":
             found = []
             for root, dirs, names in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 found += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
             if not found:
                 errors.append(Prediction(path, error=f"folder has no image files ({', '.join(IMAGE_EXTENSIONS)})"))
-            for name in found:
-                found_kind = file_kind(name)
-                if found_kind == "file":
-                    files.append(name)
-                else:
-                    errors.append(Prediction(name, error=found_kind))
-        elif kind == "file":
-            files.append(path)
-        else:
-            errors.append(Prediction(path, error=kind))
+        for name in found:
+            kind = file_kind(name)
+            if kind == "file":
+                files.append(name)
+            else:
+                errors.append(Prediction(name, error=kind))
     return files, errors
 
 
@@ -181,17 +165,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {prediction.path}: {prediction.error}", file=sys.stderr)
         print("error: no image files to classify.", file=sys.stderr)
         return 2
-    if args.attention_maps:
-        try:
-            check_writable_folder(args.attention_maps, "--attention_maps")
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
     try:
+        if args.attention_maps:
+            check_writable_folder(args.attention_maps, "--attention_maps")
         model, processor = load_model_and_processor(
             args.model, args.trust_remote_code, args.device, revision=args.revision
         )
-    except ModelLoadError as err:
+    except (ValueError, ModelLoadError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
