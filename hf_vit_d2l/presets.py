@@ -57,13 +57,10 @@ def get_preset(name: str, **overrides) -> ViTD2LConfig:
 
 
 def parse_config_overrides(text: str | None) -> dict[str, Any]:
-    """'hidden_size=64,num_blks=1,pooling=mean' -> {'hidden_size': 64, ...}, typed after `ViTD2LConfig`'s fields.
-
-    `PretrainedConfig.update_from_string` (what transformers' examples apply `--config_overrides` with) parses the
-    items on a default config, so book and HF names are both accepted and every value is type- and range-checked;
-    an unknown field, a bad value or an item that is not key=value raises a `ValueError` saying which.
-    """
-    probe, overrides = ViTD2LConfig(), {}
+    """'hidden_size=64,num_blks=1,pooling=mean' -> {'hidden_size': 64, ...}, typed and checked by a default config's
+    `update_from_string` (as transformers' examples apply `--config_overrides`); a `ValueError` says which item."""
+    probe = ViTD2LConfig()
+    overrides = {}
     for item in filter(None, (text or "").replace(" ", "").split(",")):  # no config value holds a space
         try:
             if item.count("=") != 1:
