@@ -1,7 +1,7 @@
 """PyTorch Vision Transformer of *Dive into Deep Learning*, section "Transformers for Vision".
 
 Each class names its book counterpart. The module tree is this package's own, so checkpoint keys stay stable across
-transformers releases; the file is copied next to saved weights, so it imports only torch and transformers.
+transformers releases; the file is copied next to saved weights, so it imports only torch, transformers and the config.
 """
 
 import math

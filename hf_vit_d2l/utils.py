@@ -43,13 +43,9 @@ def save_folder_atomically(
         _fsync_tree(staging)
         os.makedirs(output_dir, exist_ok=True)
         new = set(os.listdir(staging))
-        for old in os.listdir(output_dir):
-            if (
-                old.startswith("model")
-                and old.endswith((".safetensors", ".safetensors.index.json"))
-                and old not in new
-            ):
-                os.remove(os.path.join(output_dir, old))
+        for old in set(os.listdir(output_dir)) - new:
+            if old.startswith("model") and old.endswith((".safetensors", ".safetensors.index.json")):
+                os.remove(os.path.join(output_dir, old))  # a stale shard of an earlier save
         for entry in sorted(new, key=lambda n: n == last):
             target = os.path.join(output_dir, entry)
             if os.path.isdir(target) and not os.path.islink(target):
