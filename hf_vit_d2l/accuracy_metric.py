@@ -10,13 +10,7 @@ import datasets
 import evaluate
 import numpy as np
 
-_INPUTS = """
-Args:
-    predictions (`list` of `int`): predicted class indices.
-    references (`list` of `int`): true class indices, in the same order.
-Returns:
-    accuracy (`float`): correct predictions / all predictions, in [0, 1].
-"""
+_INPUTS = "predictions, references (`list` of `int`): predicted and true class indices, in the same order."
 
 
 class Accuracy(evaluate.Metric):

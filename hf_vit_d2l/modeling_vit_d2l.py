@@ -360,7 +360,6 @@ class ViTD2LForImageClassification(ViTD2LPreTrainedModel):
         )
         logits = self.classifier(outputs.pooler_output)
         if self.config.test_time_flip and not self.training:
-            # Flip test-time augmentation: average with the logits of the left-right mirror image.
             mirrored = self.vit_d2l(pixel_values.flip(-1), return_dict=True).pooler_output
             logits = (logits + self.classifier(mirrored)) / 2
         loss = None

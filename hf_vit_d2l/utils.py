@@ -121,8 +121,7 @@ def _cpu_flags() -> set[str]:
 
 def cpu_isa() -> str:
     """The CPU's vector ISA level as a short name: "AMX", "AVX-512", "AVX2", or what torch reports (e.g. on ARM)."""
-    flags = _cpu_flags()
-    if "amx_bf16" in flags:
+    if "amx_bf16" in _cpu_flags():
         return "AMX"
     capability = torch.backends.cpu.get_cpu_capability()  # "AVX512", "AVX2", "DEFAULT", "SVE256", ...
     return {"AVX512": "AVX-512"}.get(capability, capability if capability != "DEFAULT" else platform.machine())
