@@ -1,12 +1,5 @@
-"""Accuracy as an `evaluate` metric, shipped in the package and loaded by its path: never from the Hub.
-
-`evaluate.load("accuracy")` fetches `evaluate-metric/accuracy` from the Hub: unpinned code, and a stall offline
-(evaluate's pip package ships no metric). This file is a metric script of the same kind, for single-label
-classification, and `load_accuracy()` loads it with `evaluate.load(path)`:
-
-    load_accuracy().compute(predictions=[0, 1, 2, 2], references=[0, 1, 1, 2])  # {'accuracy': 0.75}
-
-evaluate copies the script into `HF_MODULES_CACHE` and imports the copy. Its import scanner reads one import
+"""Accuracy as an `evaluate` metric script loaded by its path, because `evaluate.load("accuracy")` fetches unpinned
+code from the Hub (and stalls offline). evaluate imports a copy of this file and its import scanner reads one import
 per line, so keep each import on a line of its own.
 """
 
@@ -17,15 +10,7 @@ import datasets
 import evaluate
 import numpy as np
 
-_DESCRIPTION = "Accuracy: the fraction of predictions equal to their reference label."
-
-_INPUTS = """
-Args:
-    predictions (`list` of `int`): predicted class indices.
-    references (`list` of `int`): true class indices, in the same order.
-Returns:
-    accuracy (`float`): correct predictions / all predictions, in [0, 1].
-"""
+_INPUTS = "predictions, references (`list` of `int`): predicted and true class indices, in the same order."
 
 
 class Accuracy(evaluate.Metric):
@@ -33,7 +18,7 @@ class Accuracy(evaluate.Metric):
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
-            description=_DESCRIPTION,
+            description="Accuracy: the fraction of predictions equal to their reference label.",
             citation="",
             inputs_description=_INPUTS,
             features=datasets.Features(

@@ -1,25 +1,5 @@
-"""Configuration of the Vision Transformer of *Dive into Deep Learning* ("Transformers for Vision").
-
-The defaults are the book's Fashion-MNIST model: 96x96 grayscale input, 16x16 patches (36 patches + ``<cls>``),
-512 hidden units, 2048 MLP units, 8 heads, 2 blocks, dropout 0.1 after the position embeddings and inside every block.
-
-Canonical names are Hugging Face's (``hidden_size``, ``num_attention_heads`` ...), because the Trainer, DeepSpeed's
-auto-config and pipelines read them. The book's names are accepted as keywords and readable as attributes:
-
-=================  ===============================  ==========================================================
-book (d2l ``ViT``)  canonical                        note
-=================  ===============================  ==========================================================
-``img_size``        ``image_size``
-``num_hiddens``     ``hidden_size``
-``mlp_num_hiddens`` ``intermediate_size``
-``num_heads``       ``num_attention_heads``
-``num_blks``        ``num_hidden_layers``
-``emb_dropout``     ``embedding_dropout_prob``           dropout after adding the position embeddings
-``blk_dropout``     ``block_dropout_prob``               attention weights and after *each* MLP dense layer
-``use_bias``        ``qkv_bias``                         unlike HF ViT, also switches the output projection's bias
-``num_classes``     ``num_labels``
-=================  ===============================  ==========================================================
-"""
+"""Configuration of the Vision Transformer of *Dive into Deep Learning* ("Transformers for Vision"): Hugging Face's
+field names (the Trainer, DeepSpeed and pipelines read them), the book's accepted as keywords and attributes."""
 
 from dataclasses import fields
 from typing import Literal
@@ -50,45 +30,24 @@ greater_than_zero = interval(min=0, exclude_min=True)
 @strict
 class ViTD2LConfig(PreTrainedConfig):
     r"""
-    Configuration of [`ViTD2LModel`] / [`ViTD2LForImageClassification`], the book's `ViT`.
-
-    Every field is type- and range-checked on construction and on assignment (`config.pooling = "max"` raises
-    `huggingface_hub.errors.StrictDataclassFieldValidationError` naming the field and the value); the checks that
-    relate two fields (`hidden_size` divisible by `num_attention_heads`, `image_size` by `patch_size`) run on
-    construction and before saving.
+    Configuration of [`ViTD2LModel`] / [`ViTD2LForImageClassification`], the book's `ViT`; the defaults are its
+    Fashion-MNIST model. Every field is type- and range-checked on construction and on assignment; the constraints
+    between fields (`validate_vit_d2l`) on construction and before saving. Fields not listed below mean what they
+    mean in transformers' `ViTConfig`; `attribute_map` gives the book's names.
 
     Args:
-        image_size (`int`, defaults to 96): side of the (square) input image. Book: `img_size`.
-        patch_size (`int`, defaults to 16): side of a square patch; `image_size` must be a multiple of it.
-        num_channels (`int`, defaults to 1): input channels (Fashion-MNIST is grayscale; the book's conv is lazy).
-        hidden_size (`int`, defaults to 512): token width. Book: `num_hiddens`.
-        intermediate_size (`int`, defaults to 2048): MLP width. Book: `mlp_num_hiddens`.
-        num_attention_heads (`int`, defaults to 8): book: `num_heads`.
-        num_hidden_layers (`int`, defaults to 2): number of `ViTBlock`s. Book: `num_blks`.
-        embedding_dropout_prob (`float`, defaults to 0.1): dropout on `<cls>`+patches+position embeddings.
-            Book: `emb_dropout`.
-        block_dropout_prob (`float`, defaults to 0.1): dropout on the attention weights and after each of the two
-            MLP dense layers. Book: `blk_dropout`. (HF ViT splits this differently and adds one after the output
-            projection; the book has none there.)
-        qkv_bias (`bool`, defaults to `False`): bias of W_q, W_k, W_v **and** W_o. Book: `use_bias`.
-        hidden_act (`str`, defaults to `"gelu"`): MLP activation (exact erf GELU, as `nn.GELU()`); the only one.
-        layer_norm_eps (`float`, defaults to 1e-5): `nn.LayerNorm`'s default, as in the book.
-        pooling (`str`, defaults to `"cls"`): `"cls"` classifies the `<cls>` token (the book); `"mean"` the mean of
-            the patch tokens (the book's exercise 2), normalised by the head LayerNorm after pooling.
-        init_style (`str`, defaults to `"d2l"`): `"d2l"` is PyTorch's default Linear/Conv/LayerNorm init, a zero
-            `<cls>` and `randn` position embeddings of std `position_embedding_std` (the book). `"hf"` is truncated
-            normal weights of std `initializer_range` and zero biases, as transformers' ViT.
-        position_embedding_std (`float`, defaults to 1.0): std of the position embedding init (the book's
-            `torch.randn`; 0.02 is the usual ViT choice).
-        initializer_range (`float`, defaults to 0.02): std for `init_style="hf"`.
-        drop_path_rate (`float`, defaults to 0.0): stochastic depth on the residual branches (not in the book;
-            0 reproduces it).
-        test_time_flip (`bool`, defaults to `False`): in eval mode `ViTD2LForImageClassification` returns the mean
-            of the logits of the image and of its left-right mirror (flip test-time augmentation: two forward
-            passes per image; hidden states and attentions are the unflipped image's). Training is unchanged. Not
-            in the book; the `quick` recipe's model turns it on.
-        num_labels / id2label / label2id: defaults to the ten Fashion-MNIST classes. Book: `num_classes`.
-        attn_implementation (`str`, optional): `"eager"` (the book's math) or `"sdpa"` (the default).
+        embedding_dropout_prob (`float`, defaults to 0.1): dropout after adding the position embeddings.
+        block_dropout_prob (`float`, defaults to 0.1): dropout on the attention weights and after each MLP dense
+            layer (none after the output projection, unlike HF ViT).
+        qkv_bias (`bool`, defaults to `False`): bias of W_q, W_k, W_v **and** W_o.
+        pooling (`str`, defaults to `"cls"`): classify the `<cls>` token (the book) or, with `"mean"`, the mean
+            patch token (the book's exercise 2).
+        init_style (`str`, defaults to `"d2l"`): PyTorch's default init and `randn` position embeddings of std
+            `position_embedding_std` (the book), or `"hf"`: truncated normal of std `initializer_range`, as HF ViT.
+        drop_path_rate (`float`, defaults to 0.0): stochastic depth on the residual branches (not in the book).
+        test_time_flip (`bool`, defaults to `False`): in eval mode, average the logits of the image and of its
+            left-right mirror (not in the book).
+        num_labels / id2label / label2id: defaults to the ten Fashion-MNIST classes.
     """
 
     model_type = "vit_d2l"
@@ -124,9 +83,8 @@ class ViTD2LConfig(PreTrainedConfig):
     test_time_flip: bool = False
 
     def __post_init__(self, **kwargs):
-        # The book's names arrive here (they are not fields). Resolve them before the parent sets them through
-        # `attribute_map`, so that a clash such as `hidden_size=64, num_hiddens=128` is an error instead of a silent
-        # override. An alias only clashes with a canonical value the caller changed from its default.
+        # Resolve the book's names before the parent sets them through `attribute_map`, so that a clash such as
+        # `hidden_size=64, num_hiddens=128` is an error, not a silent override (a default value never clashes).
         defaults = {field.name: field.default for field in fields(self)}
         for alias, canonical in self.attribute_map.items():
             if alias not in kwargs:

@@ -1,10 +1,5 @@
-"""Image processor of the book's ViT: the d2l Fashion-MNIST transform (resize to 96x96, scale to [0, 1]).
-
-It is transformers' stock `ViTImageProcessorPil` (the PIL/NumPy backend, which needs no torchvision) with the
-book's settings, plus one thing the stock class lacks: it converts any input to the model's channel count, so an
-RGB photo, an RGBA PNG or a grayscale array all reach a 1-channel model as 1 channel (ITU-R 601-2 luma, as PIL's
-`convert("L")`).
-"""
+"""Image processor of the book's ViT: transformers' `ViTImageProcessorPil` with the d2l Fashion-MNIST transform,
+converting any input to the model's channel count (ITU-R 601-2 luma for RGB, as PIL's `convert("L")`)."""
 
 import os
 import warnings
@@ -24,11 +19,11 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 # A float image whose maximum is at most this is a [0, 1] image that resampling (bicubic, Lanczos) pushed a little
 # above 1; above it, an image on the 0-255 scale. A 0-255 image that dark is no more than black.
 UNIT_SCALE_OVERSHOOT = 1.5
+CHANNELS = (1, 2, 3, 4)  # gray, gray + alpha, RGB, RGBA
 
 
 def convertible(image: Image.Image) -> Image.Image:
-    """`image`, or for mode "La" (gray with premultiplied alpha, which PIL cannot convert to RGB or L) the same image
-    as "LA". Every other PIL mode converts to RGB as it is."""
+    """`image`, with mode "La" (premultiplied alpha, which PIL cannot convert to RGB or L) read as "LA"."""
     return image.convert("LA") if image.mode == "La" else image
 
 
@@ -49,23 +44,9 @@ def conversion_loses_information(image: Image.Image) -> str | None:
     return None
 
 
-def channel_axis(array: np.ndarray) -> int | None:
-    """0 for (C, H, W), -1 for (H, W, C), with C in 1..4; channels-first wins when both fit, as in transformers."""
-    if array.ndim != 3:
-        return None
-    if array.shape[0] in (1, 2, 3, 4):
-        return 0
-    if array.shape[-1] in (1, 2, 3, 4):
-        return -1
-    return None
-
-
 def flat_list_of_images(images) -> list:
-    """One image, a list of images or a 4-D batch -> a flat list of PIL images and (C, H, W) / (H, W, C) arrays.
-
-    Unlike transformers' own flattening, a 2-D array is one grayscale image, and every input is checked up front, so
-    a bad one names its position and what was wrong (instead of an error that prints the whole array).
-    """
+    """One image, a list of images or a 4-D batch -> a flat list of PIL images and (C, H, W) arrays, each checked so
+    that a bad one names its position and the fault (transformers' own flattening prints the whole array)."""
     if isinstance(images, (list, tuple)):
         items = []
         for item in images:
@@ -87,7 +68,10 @@ def flat_list_of_images(images) -> list:
                     "existing image file, an http(s) URL, a PIL image, or an array."
                 ) from None
         if isinstance(item, Image.Image):
-            check_pil_image(item, where)
+            if item.width == 0 or item.height == 0:
+                raise ValueError(f"Cannot read {where}: the PIL image is empty ({item.width}x{item.height} pixels).")
+            if item.mode == "F":
+                check_finite(np.asarray(item), where)
             flat.append(item)
             continue
         if torch is not None and torch.is_tensor(item):
@@ -109,7 +93,9 @@ def flat_list_of_images(images) -> list:
         batch = list(item) if item.ndim == 4 else [item]
         for array in batch:
             array = array[None] if array.ndim == 2 else array  # (H, W) -> (1, H, W)
-            if channel_axis(array) is None:
+            if array.ndim == 3 and array.shape[0] not in CHANNELS and array.shape[-1] in CHANNELS:
+                array = np.moveaxis(array, -1, 0)  # (H, W, C) -> (C, H, W); channels-first wins when both fit
+            if array.ndim != 3 or array.shape[0] not in CHANNELS:
                 raise ValueError(
                     f"Cannot read {where}: array of shape {tuple(array.shape)}. Expected (H, W), (H, W, C) or "
                     "(C, H, W) with C in 1..4 channels, or a 4-D batch of those."
@@ -117,14 +103,6 @@ def flat_list_of_images(images) -> list:
             check_finite(array, where)
             flat.append(array)
     return flat
-
-
-def check_pil_image(image: Image.Image, where: str) -> None:
-    """Refuse an empty PIL image (PIL allows 0 x 0) and a float ("F") image holding NaN or infinity."""
-    if image.width == 0 or image.height == 0:
-        raise ValueError(f"Cannot read {where}: the PIL image is empty ({image.width}x{image.height} pixels).")
-    if image.mode == "F":
-        check_finite(np.asarray(image), where)
 
 
 def check_finite(array: np.ndarray, where: str) -> None:
@@ -138,13 +116,7 @@ def check_finite(array: np.ndarray, where: str) -> None:
 
 
 def to_255_scale(array: np.ndarray) -> np.ndarray:
-    """A float or non-uint8 integer image -> float32 on the 0-255 scale; one warning names the rules that changed it.
-
-    Floats in [0, 1] are already scaled (torchvision's `ToTensor` convention) and are multiplied by 255. Floats whose
-    maximum is in (1, 1.5] are such an image pushed past 1 by resampling: clipped to [0, 1]. Floats above 1.5 are on
-    the 0-255 scale. Integers are on the 0-255 scale; wider ranges are taken as 16-bit (0-65535 -> 0-255). Negative
-    values, and values above the top of the scale, are clipped.
-    """
+    """A float or non-uint8 integer image -> float32 on the 0-255 scale; one warning names the rules applied."""
     rules = []
     is_float = np.issubdtype(array.dtype, np.floating)
     array = array.astype(np.float32)
@@ -195,24 +167,17 @@ class ViTD2LImageProcessor(ViTImageProcessorPil):
     The book's `d2l.FashionMNIST(resize=(96, 96))` transform: `transforms.Resize` (bilinear) then `ToTensor`
     (scale to [0, 1]); no normalisation, no crop.
 
-    PIL images (and paths/URLs) follow transformers' `pipeline`: `load_image` (EXIF orientation applied, then
-    `convert("RGB")`), then `convert("L")` for a 1-channel model. So `processor(image)`, `processor(image.convert(
-    "RGB"))` and `pipeline(...)(image)` agree for every PIL mode; what that conversion drops (alpha, 16-bit depth,
-    float values) is told by `conversion_loses_information(image)`. Mode "La" (premultiplied alpha), which PIL
-    cannot convert to RGB and `pipeline` refuses, is read as "LA" first.
-
-    Arrays and tensors of shape (H, W), (H, W, C) or (C, H, W) with 1, 2 (gray + alpha), 3 or 4 channels, and 4-D
-    batches of them, are converted as they are: transparency is composited on black, RGB becomes luma for a
-    1-channel model. Integer arrays are on the 0-255 scale, wider integer ranges taken as 16-bit (/257); float
-    arrays in [0, 1] are taken as already scaled (torchvision's `ToTensor` convention), floats up to 1.5 as such an
-    image overshooting after resampling (clipped to [0, 1]), larger floats as 0-255. Every rule that changes values
-    (clipping, the 0-255 or 16-bit reading) warns. NaN, infinite values and empty images raise a `ValueError`.
+    PIL images and paths/URLs follow `pipeline`: `load_image` (EXIF orientation, then `convert("RGB")`), then
+    `convert("L")` for a 1-channel model; `conversion_loses_information(image)` says what that drops. Arrays and
+    tensors ((H, W), (H, W, C) or (C, H, W) with C in 1..4, or 4-D batches) are converted as they are: alpha is
+    composited on black, RGB becomes luma. Integers are on the 0-255 scale (wider ranges as 16-bit); floats up to 1
+    on `ToTensor`'s scale, up to 1.5 a resampling overshoot (clipped to 1), larger ones on the 0-255 scale. Every
+    rule that changes values warns; NaN, infinite values and empty images raise a `ValueError`.
 
     Args:
         size (`dict`, defaults to `{"height": 96, "width": 96}`): output size; follows the model's `image_size`.
         num_channels (`int`, defaults to 1): channels the model expects (`config.num_channels`): 1 or 3.
-        do_normalize (`bool`, defaults to `False`): the book does not normalise; the improved recipes do, with
-            `image_mean`/`image_std` set to Fashion-MNIST's statistics.
+        do_normalize (`bool`, defaults to `False`): the book does not normalise; the improved recipes do.
     """
 
     model_input_names = ["pixel_values"]
@@ -228,7 +193,7 @@ class ViTD2LImageProcessor(ViTImageProcessorPil):
         self.num_channels = num_channels
 
     def preprocess(self, images, *args, **kwargs):
-        """The stock `preprocess` on a checked, flat list of images (see `flat_list_of_images`)."""
+        """The stock `preprocess` on a checked, flat list of images."""
         return super().preprocess(flat_list_of_images(images), *args, **kwargs)
 
     def process_image(self, image, do_convert_rgb=None, input_data_format=None, **kwargs) -> np.ndarray:
@@ -240,26 +205,19 @@ class ViTD2LImageProcessor(ViTImageProcessorPil):
         (array,) = flat_list_of_images(image)
         if array.dtype != np.uint8:
             array = to_255_scale(array)  # the scale that `rescale` (x / 255) expects
-        array = array if channel_axis(array) == 0 else np.moveaxis(array, -1, 0)
         array = super().process_image(array, do_convert_rgb=False, input_data_format="channels_first", **kwargs)
         return to_channels(array, self.num_channels)
 
     def resize(self, image: np.ndarray, size, resample=None, **kwargs) -> np.ndarray:
-        """PIL resize; float images are resized per channel in PIL's 32-bit float mode instead of being rounded to
-        8 bits (the stock path refuses non-integer floats above 1). uint8 images take the stock path, which is the
-        book's `transforms.Resize` on a PIL image exactly."""
+        """Float images are resized per channel in PIL's float mode, not rounded to 8 bits (the stock path refuses
+        non-integer floats above 1); uint8 ones take the stock path, the book's `transforms.Resize` exactly."""
         if np.issubdtype(image.dtype, np.floating) and size.height and size.width:
             if not isinstance(resample, int):
                 resample = Image.Resampling.BILINEAR
             channels = [
-                np.asarray(
-                    Image.fromarray(np.ascontiguousarray(c, dtype=np.float32)).resize(
-                        (size.width, size.height), resample
-                    )
-                )
-                for c in image
+                Image.fromarray(c).resize((size.width, size.height), resample) for c in image.astype(np.float32)
             ]
-            return np.stack(channels)
+            return np.stack([np.asarray(channel) for channel in channels])
         return super().resize(image, size, resample=resample, **kwargs)
 
 

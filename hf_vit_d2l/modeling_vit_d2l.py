@@ -1,8 +1,7 @@
 """PyTorch Vision Transformer of *Dive into Deep Learning*, section "Transformers for Vision".
 
-Each class names its book counterpart. The module tree is this package's own (not transformers' `ViT*` classes), so
-checkpoint keys stay stable across transformers releases. This file and `configuration_vit_d2l.py` are copied next to
-saved weights, so they import only torch and transformers' public API.
+Each class names its book counterpart. The module tree is this package's own, so checkpoint keys stay stable across
+transformers releases; the file is copied next to saved weights, so it imports only torch, transformers and the config.
 """
 
 import math
@@ -87,9 +86,7 @@ def eager_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """d2l's `DotProductAttention`: softmax(QK^T / sqrt(d)), dropout on the weights, times V.
-
-    query/key/value: (B, heads, T, head_dim). Returns the output as (B, T, heads, head_dim) and the weights.
-    """
+    (B, heads, T, head_dim) in; the output as (B, T, heads, head_dim) and the weights out."""
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, heads, T, T)
     if attention_mask is not None:
         scores = scores + attention_mask
@@ -267,8 +264,7 @@ class ViTD2LPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, with every Auto class in `auto_map`: the package registers all three
-        classes (`register_for_auto_class`), so their code files are saved next to the weights."""
+        """`PreTrainedModel.save_pretrained`, with every Auto class in `auto_map`."""
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
@@ -276,9 +272,8 @@ class ViTD2LPreTrainedModel(PreTrainedModel):
 class ViTD2LModel(ViTD2LPreTrainedModel):
     """The book's `ViT` without its final `Linear`: stem, blocks, and the head's `LayerNorm`.
 
-    `last_hidden_state` is every token after the head LayerNorm (per-token, so `last_hidden_state[:, 0]` is exactly
-    the book's `head[0](X[:, 0])`); `pooler_output` is that `<cls>` vector, or with `pooling="mean"` the
-    LayerNorm of the mean patch token (the book's exercise 2).
+    `last_hidden_state[:, 0]` is the book's `head[0](X[:, 0])`; `pooler_output` is that `<cls>` vector, or with
+    `pooling="mean"` the LayerNorm of the mean patch token (the book's exercise 2).
     """
 
     def __init__(self, config: ViTD2LConfig, attn_implementation: str | None = None):
@@ -334,11 +329,8 @@ class ViTD2LModel(ViTD2LPreTrainedModel):
 
 
 class ViTD2LForImageClassification(ViTD2LPreTrainedModel):
-    """The book's `ViT`: `ViTD2LModel` plus the head's `Linear`.
-
-    With `labels`, the loss follows `config.problem_type` as in transformers' ViT: cross-entropy for integer class
-    labels (the book), BCE-with-logits for multi-label float targets, MSE for regression.
-    """
+    """The book's `ViT`: `ViTD2LModel` plus the head's `Linear`; the loss follows `config.problem_type` (the book's
+    cross-entropy for integer labels), as in transformers' ViT."""
 
     def __init__(self, config: ViTD2LConfig, attn_implementation: str | None = None):
         super().__init__(config, attn_implementation=attn_implementation)
@@ -368,7 +360,6 @@ class ViTD2LForImageClassification(ViTD2LPreTrainedModel):
         )
         logits = self.classifier(outputs.pooler_output)
         if self.config.test_time_flip and not self.training:
-            # Flip test-time augmentation: average with the logits of the left-right mirror image.
             mirrored = self.vit_d2l(pixel_values.flip(-1), return_dict=True).pooler_output
             logits = (logits + self.classifier(mirrored)) / 2
         loss = None

@@ -18,26 +18,18 @@ STAGING_MARK = ".staging-"
 
 
 def _fsync_tree(path: str) -> None:
-    """Flush a folder's files to disk before it is renamed into place (protects against power loss too)."""
+    """Flush a folder's files to disk before they move into place, so that a power loss cannot truncate them."""
     for root, _, files in os.walk(path):
         for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
 
 
 def save_folder_atomically(
     output_dir: str | os.PathLike, write: Callable[[str], None], last: str = "config.json"
 ) -> str:
-    """Run `write(staging_dir)` and move what it wrote into `output_dir`, `last` (the file that marks done) last.
-
-    An interrupted save leaves either the previous folder or the new one, never a truncated file: files land by
-    `os.replace`. The staging folder sits beside `output_dir` (same file system); a staging folder left by a killed
-    save is removed by the next save of the same folder. Weight files of an earlier save that this one does not
-    write (stale shards) are removed before the new files move in.
-    """
+    """Run `write(staging_dir)` and move what it wrote into `output_dir` by `os.replace`, `last` (the file that marks
+    done) last: an interrupted save leaves no truncated file. Stale weight shards and killed saves' staging go."""
     output_dir = os.path.abspath(os.fspath(output_dir))
     if os.path.isfile(output_dir):
         raise ValueError(f"Cannot save into {output_dir}: it is a file, and a model is saved as a folder.")
@@ -51,13 +43,9 @@ def save_folder_atomically(
         _fsync_tree(staging)
         os.makedirs(output_dir, exist_ok=True)
         new = set(os.listdir(staging))
-        for old in os.listdir(output_dir):
-            if (
-                old.startswith("model")
-                and old.endswith((".safetensors", ".safetensors.index.json"))
-                and old not in new
-            ):
-                os.remove(os.path.join(output_dir, old))
+        for old in set(os.listdir(output_dir)) - new:
+            if old.startswith("model") and old.endswith((".safetensors", ".safetensors.index.json")):
+                os.remove(os.path.join(output_dir, old))  # a stale shard of an earlier save
         for entry in sorted(new, key=lambda n: n == last):
             target = os.path.join(output_dir, entry)
             if os.path.isdir(target) and not os.path.islink(target):
@@ -85,8 +73,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
 
 
 def check_writable_folder(folder: str | os.PathLike, flag: str) -> None:
-    """Create `folder` if needed and write a test file in it, before any work: a `ValueError` naming `flag` and the
-    folder if that fails (a file in the way, a read-only file system, no permission)."""
+    """Create `folder` if needed and write a test file in it, before any work: a `ValueError` naming `flag` if not."""
     folder = os.fspath(folder)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise ValueError(f"{flag} {folder}: it is a file, not a folder. Choose a folder to write into.")
@@ -101,8 +88,8 @@ def check_writable_folder(folder: str | os.PathLike, flag: str) -> None:
 
 
 def unsafe_pickle_message(path: str) -> str:
-    """The refusal of a pickled weights file that torch's `weights_only` loader rejected: it holds more than tensors
-    (code that loading would run) or is damaged. Unlike torch's own message, it does not advise loading it anyway."""
+    """The refusal of a pickle that torch's `weights_only` loader rejected; unlike torch's, it does not advise loading
+    it anyway."""
     return (
         f"{path} is refused as unsafe: it is a pickle holding more than tensors (loading it could run code), or it is "
         "damaged. Ask its author for model.safetensors, or convert it to safetensors only if you trust its source."
@@ -110,12 +97,8 @@ def unsafe_pickle_message(path: str) -> str:
 
 
 def hub_available(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face Hub can be used now: not in offline mode, and its endpoint accepts a connection.
-
-    `huggingface_hub`'s offline switch (`HF_HUB_OFFLINE=1`) is honoured first. Otherwise one TCP connect to the
-    endpoint (`HF_ENDPOINT`), bounded by `timeout`, stands in for the ~24 s that `load_dataset` waits
-    on a dead network before failing.
-    """
+    """Whether the Hub can be used now: not `HF_HUB_OFFLINE`, and its endpoint accepts a TCP connection within
+    `timeout` (where `load_dataset` would wait much longer on a dead network before failing)."""
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
@@ -138,8 +121,7 @@ def _cpu_flags() -> set[str]:
 
 def cpu_isa() -> str:
     """The CPU's vector ISA level as a short name: "AMX", "AVX-512", "AVX2", or what torch reports (e.g. on ARM)."""
-    flags = _cpu_flags()
-    if "amx_bf16" in flags:
+    if "amx_bf16" in _cpu_flags():
         return "AMX"
     capability = torch.backends.cpu.get_cpu_capability()  # "AVX512", "AVX2", "DEFAULT", "SVE256", ...
     return {"AVX512": "AVX-512"}.get(capability, capability if capability != "DEFAULT" else platform.machine())
@@ -155,12 +137,8 @@ def _matmul_seconds(dtype: torch.dtype, size: int = 256, repeats: int = 3) -> fl
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether bf16 matrix products run natively on this CPU (not through a scalar fallback).
-
-    On x86 Linux the kernel's CPU flags say it (`avx512_bf16` or `amx_bf16`, what oneDNN's bf16 kernels need).
-    Elsewhere (ARM, macOS) a tiny timed matmul decides: without native support bf16 runs many times slower than
-    fp32 (75x measured on an AVX2-only EPYC), with it at least as fast.
-    """
+    """Whether bf16 matrix products run natively on this CPU, not through a far slower fallback: on x86 Linux the
+    flags oneDNN's bf16 kernels need; elsewhere (ARM, macOS) whether a small bf16 matmul is about as fast as fp32."""
     flags = _cpu_flags()
     if flags and platform.machine() in ("x86_64", "AMD64", "i686"):
         return bool(flags & {"avx512_bf16", "amx_bf16"})
