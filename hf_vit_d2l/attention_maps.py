@@ -1,11 +1,7 @@
-"""Where the model looks: `<cls>` attention per block and head, and attention rollout (Abnar & Zuidema, 2020).
-
-Rollout (https://arxiv.org/abs/2005.00928) follows the attention through the residual stream: average the heads,
-add the identity for the skip connection, renormalise the rows, and multiply the layers' matrices. A model with
-`pooling="mean"` classifies the mean of the patch tokens, so its `<cls>` token is never read: there the maps are
-the flow into each patch averaged over all patch queries.
-
-Only torch, numpy, PIL, matplotlib and transformers are imported, so this file also runs in a Hub Space.
+"""Where the model looks: `<cls>` attention per block and head, and attention rollout (Abnar & Zuidema, 2020,
+https://arxiv.org/abs/2005.00928). A `pooling="mean"` model never reads its `<cls>` token: there the maps are the
+flow into each patch averaged over all patch queries. Only torch, numpy, PIL and matplotlib are imported, so this
+file also runs in a Hub Space.
 """
 
 from dataclasses import dataclass
@@ -27,11 +23,8 @@ class AttentionMaps:
 
 
 def attention_rollout(attentions, query: str = "<cls>") -> torch.Tensor:
-    """Rollout of per-layer weights [(batch, heads, tokens, tokens), ...] with token 0 the `<cls>` token.
-
-    Returns (batch, tokens - 1): the flow from the query (`"<cls>"`, or `"mean of patches"` for the mean over all
-    patch queries) into each patch, normalised to sum to 1.
-    """
+    """Rollout of per-layer weights [(batch, heads, tokens, tokens), ...] with token 0 the `<cls>` token: the flow
+    (batch, tokens - 1) from the query (`"<cls>"` or `"mean of patches"`) into each patch, summing to 1."""
     rollout = None
     for weights in attentions:
         mixed = weights.float().mean(dim=1)  # (B, T, T): heads averaged
@@ -44,11 +37,8 @@ def attention_rollout(attentions, query: str = "<cls>") -> torch.Tensor:
 
 @torch.no_grad()
 def compute_attention_maps(model, pixel_values: torch.Tensor) -> AttentionMaps:
-    """`AttentionMaps` of a `ViTD2LForImageClassification` (or `ViTD2LModel`) for a batch of `pixel_values`.
-
-    `output_attentions=True` makes the model compute the attention weights eagerly, whatever its attention
-    implementation. With `test_time_flip`, the maps are those of the image itself, not of its mirror.
-    """
+    """`AttentionMaps` of a `ViTD2LForImageClassification` (or `ViTD2LModel`) for a batch of `pixel_values`; with
+    `test_time_flip`, those of the image itself, not of its mirror."""
     query = "mean of patches" if getattr(model.config, "pooling", "cls") == "mean" else "<cls>"
     pixel_values = pixel_values.to(model.device)
     attentions = model(pixel_values=pixel_values, output_attentions=True).attentions
@@ -100,10 +90,8 @@ def top_labels(model, pixel_values: torch.Tensor, top_k: int = 3) -> list[tuple[
 
 
 def save_attention_figure(image, model, processor, path, top_k: int = 3) -> list[tuple[str, float]]:
-    """Write a PNG of one image: the model's input, the rollout overlay, and the `top_k` labels with probabilities.
-
-    `image` is what the processor accepts (a PIL image, an array, a path). Returns the (label, probability) pairs.
-    """
+    """Write a PNG of one image (what the processor accepts): the model's input, the rollout overlay, and the `top_k`
+    labels with probabilities. Returns the (label, probability) pairs."""
     from matplotlib.figure import Figure  # no pyplot: no display or global backend needed
 
     pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]

@@ -1,6 +1,4 @@
-"""Converters from the book's own `ViT` module to this package and to transformers' stock `ViTForImageClassification`:
-`from_d2l_state_dict`, `to_d2l_state_dict`, `to_transformers_vit`, `convert_d2l_checkpoint`.
-"""
+"""Converters between the book's own `ViT` module, this package and transformers' stock `ViTForImageClassification`."""
 
 from __future__ import annotations
 
@@ -24,8 +22,6 @@ from .presets import parse_config_overrides
 from .utils import save_folder_atomically, unsafe_pickle_message
 
 logger = logging.getLogger(__name__)
-
-BOOK_DEFAULT_NUM_HEADS = 8
 
 
 class CheckpointConversionError(ValueError):
@@ -88,11 +84,7 @@ def _as_state_dict(state_dict, source: str = "The input") -> dict[str, torch.Ten
 
 
 def infer_d2l_config_kwargs(state_dict: Mapping[str, torch.Tensor]) -> dict:
-    """The `ViTD2LConfig` sizes a book `ViT` state dict implies (everything but the number of heads).
-
-    Only what fixes the sizes is read here; every other key and shape is checked against the built model.
-    """
-    state_dict = _as_state_dict(state_dict)
+    """The `ViTD2LConfig` sizes a book `ViT` state dict implies (everything but the number of heads)."""
     try:
         hidden_size = state_dict["cls_token"].shape[-1]  # (1, 1, hidden)
         _, num_channels, patch_size, _ = state_dict["patch_embedding.conv.weight"].shape  # (hidden, C, P, P)
@@ -128,41 +120,29 @@ def infer_d2l_config_kwargs(state_dict: Mapping[str, torch.Tensor]) -> dict:
     }
 
 
-def _resolve_config(state_dict, config: ViTD2LConfig | Mapping | None) -> ViTD2LConfig:
-    if isinstance(config, ViTD2LConfig):
-        return config
-    # Book names (num_heads=4) become canonical ones, so that they replace the inferred values.
-    overrides = {ViTD2LConfig.attribute_map.get(key, key): value for key, value in (config or {}).items()}
-    kwargs = {"num_attention_heads": BOOK_DEFAULT_NUM_HEADS, **infer_d2l_config_kwargs(state_dict), **overrides}
-    try:
-        return ViTD2LConfig(**kwargs)
-    except (ValueError, TypeError, StrictDataclassError) as err:  # the strict config names the field and the value
-        message = f"Invalid config for this checkpoint: {err.__cause__ or err}"
-        if "num_attention_heads" in message:  # the one size the weights do not fix
-            message += " The number of heads cannot be read from the weights: pass config={'num_attention_heads': N}"
-            message += f" (--num_heads N on the command line; default: the book's {BOOK_DEFAULT_NUM_HEADS})."
-        raise CheckpointConversionError(message) from None
-
-
 def from_d2l_state_dict(
     state_dict: Mapping[str, torch.Tensor], config: ViTD2LConfig | Mapping | None = None
 ) -> ViTD2LForImageClassification:
-    """Load a `state_dict()` of the book's `ViT` module into a `ViTD2LForImageClassification`.
+    """Load a `state_dict()` of the book's `ViT` module (or a training loop's dict holding it) into our classifier.
 
-    Args:
-        state_dict: the book model's `state_dict()` (d2l's module names, see `D2L_RULES`), or a dict holding it under
-            "state_dict", "model" or "model_state_dict". `module.`/`_orig_mod.` prefixes (DDP, `torch.compile`) are
-            removed.
-        config: `None` to read every size from the tensor shapes (image size, patch size, channels, hidden and MLP
-            sizes, number of blocks, `use_bias`, number of classes), with the book's 8 heads and 0.1 dropouts; a
-            dict of overrides on top of that (e.g. `{"num_heads": 4}`, canonical or book names); or a full
-            `ViTD2LConfig`, which must agree with the shapes.
-
-    Returns the converted model in eval mode; its logits equal the book module's in eval mode (to float rounding).
-    Raises `CheckpointConversionError` (a `ValueError`) listing every missing or unexpected key and shape mismatch.
+    `config`: None reads every size from the shapes, with the config's defaults (the book's 8 heads) for the rest; a
+    dict overrides them (`{"num_heads": 4}`, canonical or book names); a `ViTD2LConfig` must agree with the shapes.
+    Raises `CheckpointConversionError` listing every missing or unexpected key and shape mismatch.
     """
     state_dict = _as_state_dict(state_dict)
-    config = _resolve_config(state_dict, config)
+    if not isinstance(config, ViTD2LConfig):
+        # Book names (num_heads=4) become canonical ones, so that they replace the inferred values.
+        overrides = {ViTD2LConfig.attribute_map.get(key, key): value for key, value in (config or {}).items()}
+        try:
+            config = ViTD2LConfig(**{**infer_d2l_config_kwargs(state_dict), **overrides})
+        except (ValueError, TypeError, StrictDataclassError) as err:  # the strict config names the field and value
+            message = f"Invalid config for this checkpoint: {err.__cause__ or err}"
+            if "num_attention_heads" in message:  # the one size the weights do not fix
+                message += (
+                    " The number of heads cannot be read from the weights: pass config={'num_attention_heads': N}"
+                    " (--num_heads N on the command line; default: the book's 8)."
+                )
+            raise CheckpointConversionError(message) from None
     model = ViTD2LForImageClassification(config)
     mapping, target = d2l_key_map(model), model.state_dict()
     problems = {
@@ -180,7 +160,7 @@ def from_d2l_state_dict(
             f"use_bias={config.qkv_bias} (check the config / overrides): "
             + "; ".join(f"{kind} ({len(keys)}): {', '.join(keys)}" for kind, keys in problems.items() if keys)
         )
-    model.load_state_dict({mapping[k]: v.to(target[mapping[k]].dtype) for k, v in state_dict.items()}, strict=True)
+    model.load_state_dict({mapping[key]: value for key, value in state_dict.items()}, strict=True)
     return model.eval()
 
 
@@ -194,9 +174,8 @@ def to_d2l_state_dict(model: ViTD2LForImageClassification) -> dict[str, torch.Te
 
 # ----------------------------------------------------------------------------------- ViTD2L -> transformers' stock ViT
 
-# Our keys -> stock ViT's, as rules for `_rename`. transformers 5.4 names a block's modules as in the first layout;
-# later 5.x releases as in the second (`encoder.layer.{i}.attention.attention.query` became
-# `layers.{i}.attention.q_proj`). The installed one is picked by its keys.
+# Our keys -> stock ViT's, as rules for `_rename`: transformers 5.4's layout, then the later 5.x one
+# (`encoder.layer.{i}.attention.attention.query` became `layers.{i}.attention.q_proj`).
 _STOCK_COMMON = [(r"^vit_d2l\.", "vit."), (r"\.ln1\.", ".layernorm_before."), (r"\.ln2\.", ".layernorm_after.")]
 STOCK_VIT_LAYOUTS = [
     [
@@ -235,41 +214,10 @@ SHARED_CONFIG_FIELDS = (
 )
 
 
-def _stock_rules(stock_keys: set[str], with_head: bool) -> list[tuple[str, str]]:
-    """The entry of `STOCK_VIT_LAYOUTS` that the installed transformers uses."""
-    probe = f"{'vit_d2l.' if with_head else ''}encoder.layer.0.attention.W_q.weight"
-    for rules in STOCK_VIT_LAYOUTS:
-        if _rename(probe, rules) in stock_keys:
-            return rules
-    raise RuntimeError(
-        "This transformers version lays out ViT's weights in a way hf_vit_d2l does not know "
-        f"(keys such as {sorted(stock_keys)[:8]}); please report it with `transformers.__version__`."
-    )
-
-
 def to_transformers_vit(model: ViTD2LForImageClassification | ViTD2LModel) -> ViTForImageClassification | ViTModel:
-    """Export to transformers' stock `ViTForImageClassification` (or `ViTModel` for a `ViTD2LModel`).
-
-    The result needs no remote code: `save_pretrained` it and any transformers install loads it with
-    `AutoModelForImageClassification.from_pretrained(folder)`. In eval mode its logits equal ours (to float
-    rounding): the forward math is the same (pre-norm blocks, `<cls>` after the final LayerNorm, exact GELU,
-    `layer_norm_eps` carried over).
-
-    What stock ViT cannot express, so training the exported model is *not* training the book's model:
-
-    * **Dropout placement.** The book drops out the attention weights, after *each* MLP dense layer (also between
-      dense1 and dense2), and after adding the position embeddings. Stock ViT drops out the attention weights
-      (`attention_probs_dropout_prob`), the attention output after the output projection and the MLP output (one
-      `hidden_dropout_prob`), and the embeddings (the same `hidden_dropout_prob`): there is no dropout between the
-      MLP's two dense layers, there is one after W_o that the book lacks, and the embedding dropout cannot differ from
-      the block dropout (the export uses `block_dropout_prob` for both and warns if they differ).
-    * **Output-projection bias.** Stock ViT's attention output projection always has a bias. With the book's
-      `use_bias=False` the export sets it to zero, but it is a trainable parameter there and will move in training.
-    * **Pooling** `"mean"`, **stochastic depth** and **flip test-time augmentation** (the last two not in the book)
-      have no stock counterpart: mean pooling raises, the other two export exactly for one view in eval mode.
-    * **Initialisation** (`init_style`, `position_embedding_std`) only matters for new models; stock ViT initialises
-      with truncated normals of std `initializer_range`.
-    """
+    """Export to transformers' stock `ViTForImageClassification` (or `ViTModel` for a `ViTD2LModel`), which loads
+    without remote code and gives our logits in eval mode. It does not train as the book's model (dropout placement,
+    a trainable W_o bias, no stochastic depth): see docs/differences.md#from-stock-transformers-vit."""
     config = model.config
     if config.pooling != "cls":
         raise ValueError(
@@ -296,14 +244,20 @@ def to_transformers_vit(model: ViTD2LForImageClassification | ViTD2LModel) -> Vi
     with_head = isinstance(model, ViTD2LForImageClassification)
     stock = ViTForImageClassification(stock_config) if with_head else ViTModel(stock_config, add_pooling_layer=False)
     stock_state = stock.state_dict()
-    rules = _stock_rules(set(stock_state), with_head)
-    new_state = {_rename(key, rules): value.detach().clone() for key, value in model.state_dict().items()}
-    for key in set(stock_state) - set(new_state):
-        # The book's W_o has no bias with use_bias=False; stock ViT always has one: make it zero.
-        if not re.search(STOCK_O_BIAS, key):
-            raise RuntimeError(f"Internal key mapping error: {key} has no counterpart in {type(model).__name__}.")
-        new_state[key] = torch.zeros_like(stock_state[key])
-    stock.load_state_dict({k: v.to(stock_state[k].dtype) for k, v in new_state.items()}, strict=True)
+    # The installed transformers' layout is the one whose keys cover ours, leaving only W_o biases over.
+    for rules in STOCK_VIT_LAYOUTS:
+        new_state = {_rename(key, rules): value for key, value in model.state_dict().items()}
+        left_over = stock_state.keys() - new_state.keys()
+        if new_state.keys() <= stock_state.keys() and all(re.search(STOCK_O_BIAS, key) for key in left_over):
+            break
+    else:
+        raise RuntimeError(
+            "This transformers version lays out ViT's weights in a way hf_vit_d2l does not know "
+            f"(keys such as {sorted(stock_state)[:8]}); please report it with `transformers.__version__`."
+        )
+    # The book's W_o has no bias with use_bias=False; stock ViT always has one: make it zero.
+    new_state.update({key: torch.zeros_like(stock_state[key]) for key in left_over})
+    stock.load_state_dict(new_state, strict=True)
     return stock.eval()
 
 
@@ -313,7 +267,6 @@ def to_transformers_vit(model: ViTD2LForImageClassification | ViTD2LModel) -> Vi
 def load_d2l_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a `.pt`/`.pth` file saved with `torch.save(model.state_dict(), path)` (or a training loop's dict holding
     it, see `from_d2l_state_dict`) with `torch.load(weights_only=True)`: pickled modules and other code are refused."""
-    path = os.fspath(path)
     if not os.path.isfile(path):
         what = "is a folder" if os.path.isdir(path) else "not found"
         raise FileNotFoundError(f"Checkpoint {what}: {path}. Pass the .pt file written by torch.save(state_dict).")
@@ -337,15 +290,9 @@ def convert_d2l_checkpoint(
     config_overrides: Mapping | None = None,
     to_transformers: bool = False,
 ) -> str:
-    """Convert a book `ViT` `.pt` state dict into a `save_pretrained` folder (model + image processor).
-
-    With `to_transformers=True` the folder holds a stock `ViTForImageClassification` and `ViTImageProcessorPil`
-    (loads without remote code); otherwise a `ViTD2LForImageClassification` with its code files and
-    `ViTD2LImageProcessor` (loads with `trust_remote_code=True`, or directly after `import hf_vit_d2l`).
-    The folder is written through a staging folder, so an interrupted conversion leaves no half-written model.
-    Returns the absolute output folder.
-    """
-    model = from_d2l_state_dict(load_d2l_checkpoint(checkpoint), config=dict(config_overrides or {}) or None)
+    """Convert a book `ViT` `.pt` state dict into a `save_pretrained` folder (model + image processor): ours with its
+    code files, or with `to_transformers=True` stock transformers ViT. Returns the absolute output folder."""
+    model = from_d2l_state_dict(load_d2l_checkpoint(checkpoint), config=config_overrides)
     size = {"height": model.config.image_size, "width": model.config.image_size}
     if to_transformers:
         model, processor = to_transformers_vit(model), ViTImageProcessorPil(size=size, do_normalize=False)
@@ -398,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = convert_d2l_checkpoint(
             args.checkpoint, args.output_dir, config_overrides=args.overrides, to_transformers=args.to_transformers
         )
-    except (FileNotFoundError, CheckpointConversionError, ValueError) as error:
+    except (FileNotFoundError, ValueError) as error:  # CheckpointConversionError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2
     kind = "stock transformers ViTForImageClassification" if args.to_transformers else "ViTD2LForImageClassification"

@@ -6,12 +6,11 @@ the model's input, attention rollout), and the folder of a Hugging Face Space th
     python scripts/demo.py --model runs/quick           # or: vit-d2l-demo, python -m hf_vit_d2l.demo
     python scripts/demo.py --model USER/NAME --trust_remote_code --port 7861   # a pushed model, by Hub id
 
-`write_space_folder` copies this file and `hf_vit_d2l/attention_maps.py` next to a short `app.py`: in a Space they
-import only torch, numpy, PIL, matplotlib, transformers and gradio.
+`write_space_folder` copies this file, `attention_maps.py` and `image_processing_vit_d2l.py` next to a short `app.py`:
+in a Space they import only torch, numpy, PIL, matplotlib, transformers and gradio.
 """
 
 import argparse
-import gzip
 import importlib.util
 import os
 import shutil
@@ -27,76 +26,50 @@ from transformers.image_utils import load_image
 
 try:  # in this package
     from .attention_maps import compute_attention_maps, enlarge, model_view, overlay, top_labels
-except ImportError:  # in a Space, this file and attention_maps.py sit next to app.py
+    from .image_processing_vit_d2l import conversion_loses_information
+except ImportError:  # in a Space, the files sit next to app.py
     from attention_maps import compute_attention_maps, enlarge, model_view, overlay, top_labels
-
-FASHION_MNIST_TEST_IMAGES = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
-FASHION_MNIST_TEST_LABELS = "/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"
-# Modes whose conversion to RGB (transformers' `load_image` rule, which `pipeline` applies) loses information.
-LOSSY_MODES = {
-    "RGBA": "transparency",
-    "LA": "transparency",
-    "PA": "transparency",
-    "I;16": "16-bit depth",
-    "I;16B": "16-bit depth",
-    "I": "32-bit depth",
-    "F": "floating-point values",
-}
+    from image_processing_vit_d2l import conversion_loses_information
 
 
 def load_model(model: str, revision: str | None = None, trust_remote_code: bool = False):
     """`(model, image_processor)` from a saved folder or a Hub id; a one-line `ValueError` when that fails.
 
-    With this package installed, loading is strict (`evaluation.load_model_and_processor`: weights that do not fit
-    config.json are refused); in a Space, which ships this file without the package, transformers loads it.
+    With this package installed, loading is strict (`evaluation.load_model_and_processor`); in a Space, which ships
+    this file without the package, transformers loads it.
     """
+    options = {"revision": revision or "main", "trust_remote_code": trust_remote_code}
     try:
         from .evaluation import ModelLoadError, load_model_and_processor
     except ImportError:
-        return load_model_with_transformers(model, revision, trust_remote_code)
+        loaded = AutoModelForImageClassification.from_pretrained(model, **options).eval()
+        return loaded, AutoImageProcessor.from_pretrained(model, **options)
     try:
-        return load_model_and_processor(model, trust_remote_code, revision=revision or "main")
+        return load_model_and_processor(model, **options)
     except ModelLoadError as error:
         raise ValueError(str(error)) from None
 
 
-def load_model_with_transformers(model: str, revision: str | None, trust_remote_code: bool):
-    """`load_model` where the package is not installed (a Space)."""
-    # USER/NAME may be a Hub id; a longer path, one starting with / . or ~, or one under a local folder is a folder.
-    folder_like = model.startswith(("/", ".", "~")) or model.count("/") > 1 or os.path.isdir(os.path.dirname(model))
-    if folder_like and not os.path.isdir(model):
-        raise ValueError(f"{model}: no such folder. Pass a folder saved by scripts/train.py or a Hub id (USER/NAME).")
-    try:
-        options = {"revision": revision or "main", "trust_remote_code": trust_remote_code}
-        loaded = AutoModelForImageClassification.from_pretrained(model, **options)
-        processor = AutoImageProcessor.from_pretrained(model, **options)
-    except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"Could not load a model from {model}: {reason}") from None
-    return loaded.eval(), processor
+def fashion_mnist_examples(folder: str) -> list[str]:
+    """Write the first test image of each class as a PNG in `folder`; [] when the data is absent."""
+    from .data import DEFAULT_DATA_DIR, find_fashion_mnist_files, read_idx
 
-
-def fashion_mnist_examples(folder: str, per_class: int = 1) -> list[str]:
-    """Write the first `per_class` test images of each class as PNGs in `folder`; [] when the data is absent."""
-    if not (os.path.isfile(FASHION_MNIST_TEST_IMAGES) and os.path.isfile(FASHION_MNIST_TEST_LABELS)):
+    files = find_fashion_mnist_files(DEFAULT_DATA_DIR)
+    if files is None:
         return []
-    # IDX files: a 16-byte header before the 28x28 uint8 images, an 8-byte one before the labels.
-    images = np.frombuffer(gzip.decompress(Path(FASHION_MNIST_TEST_IMAGES).read_bytes()), np.uint8, offset=16)
-    labels = np.frombuffer(gzip.decompress(Path(FASHION_MNIST_TEST_LABELS).read_bytes()), np.uint8, offset=8)
+    images, labels = (read_idx(path) for path in files["test"])
     os.makedirs(folder, exist_ok=True)
     paths = []
     for label in range(10):
-        for index in np.flatnonzero(labels == label)[:per_class]:
-            paths.append(os.path.join(folder, f"test_{index:04d}_class{label}.png"))
-            Image.fromarray(images.reshape(-1, 28, 28)[index], mode="L").save(paths[-1])
+        index = np.flatnonzero(labels == label)[0]
+        paths.append(os.path.join(folder, f"test_{index:04d}_class{label}.png"))
+        Image.fromarray(images[index]).save(paths[-1])
     return paths
 
 
 def open_image(path: str) -> Image.Image:
     """The file's first frame, fully read, or an `OSError`/`ValueError` whose one-line message says what to do.
-
-    `predict` and the demo read files with it, so both word a file they cannot use the same way; it lives here
-    because a Space ships this file without the package."""
+    `predict` reads files with it too; it lives here because a Space ships this file without the package."""
     try:
         with Image.open(path) as image:
             image.load()  # read the pixels now: truncated files fail here, not in the batch
@@ -119,33 +92,24 @@ def open_image(path: str) -> Image.Image:
         raise ValueError(f"cannot read the image ({err}); the file may be truncated or damaged") from None
 
 
-def looks_inverted(image: Image.Image) -> bool:
-    """A light background (the image border is mostly bright), unlike Fashion-MNIST's light items on black."""
-    gray = np.asarray(image.convert("L"))
-    return float(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]]))) > 127
-
-
 @torch.no_grad()
 def classify(image, model, processor, top_k: int = 5):
     """One image (a file path or a PIL image) -> ({label: probability}, model input, attention overlay, note).
-
-    A file is read by `open_image` (a `ValueError` or `OSError` says why it cannot be used). The image is converted
-    with transformers' `load_image`, as `pipeline` does, so both give the same probabilities."""
+    Converted with transformers' `load_image`, as `pipeline` does, so both give the same probabilities."""
     if image is None:
         return None, None, None, ""
     notes = []
     if isinstance(image, (str, os.PathLike)):
-        image = open_image(os.fspath(image))
-    if image.mode in LOSSY_MODES:
-        notes.append(
-            f"The {image.mode} image was converted to RGB, as `pipeline` does: its {LOSSY_MODES[image.mode]} is lost."
-        )
+        image = open_image(image)
+    if lost := conversion_loses_information(image):
+        notes.append(f"The {image.mode} image was converted to RGB, as `pipeline` does, losing its {lost}.")
     image = load_image(image)
     pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
     scores = dict(top_labels(model, pixel_values, top_k))
     maps = compute_attention_maps(model, pixel_values)
     view = model_view(pixel_values[0])
-    if looks_inverted(image):
+    gray = np.asarray(image.convert("L"))
+    if np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])) > 127:  # a light border
         notes.append(
             "**This looks like a dark item on a light background.** Fashion-MNIST items are light on black, so the "
             "model is often wrong on such images: press *Invert colours*. The model card reports the accuracy "
@@ -155,9 +119,8 @@ def classify(image, model, processor, top_k: int = 5):
 
 
 def read_upload(value) -> Image.Image:
-    """An upload as the demo's events take it (`preprocess=False`: Gradio's file data, unread), read by `open_image`.
-    A file it cannot use becomes a `gr.Error` showing predict's line; Gradio's own reading would only say that the
-    app failed."""
+    """An upload as Gradio's unread file data (`preprocess=False`), read by `open_image`: a file it cannot use becomes
+    a `gr.Error` showing predict's line, where Gradio's own reading would only say that the app failed."""
     import gradio as gr
 
     name = value.get("orig_name") or os.path.basename(value["path"])
@@ -229,7 +192,7 @@ def build_demo(model, processor, examples=(), top_k: int = 5, title: str | None 
             # Strokes on a white (or transparent) canvas -> Fashion-MNIST's light item on black.
             white = Image.new("RGBA", composite.size, "white")
             drawing = ImageOps.invert(Image.alpha_composite(white, composite.convert("RGBA")).convert("L"))
-            return classify(drawing, model, processor, top_k) if np.asarray(drawing).any() else (None,) * 3 + ("",)
+            return classify(drawing if np.asarray(drawing).any() else None, model, processor, top_k)
 
         upload.change(from_upload, upload, outputs, api_name="classify", preprocess=False)
         sketch.change(from_sketch, sketch, outputs, api_name="classify_drawing", trigger_mode="always_last")
@@ -266,32 +229,15 @@ if __name__ == "__main__":
     demo.launch(**dict(launch_kwargs(), server_name="0.0.0.0"))
 '''
 
-SPACE_README = """---
-title: {title}
-emoji: 👕
-sdk: gradio
-sdk_version: {gradio_version}
-app_file: app.py
-license: apache-2.0
-models:
-- {model_repo_id}
-short_description: Fashion-MNIST Vision Transformer with attention maps
----
-
-A demo of [{model_repo_id}](https://huggingface.co/{model_repo_id}) at revision `{revision}`: upload or draw an
-image, see the top labels, the {image_size}×{image_size} input the model sees, and its attention rollout.
-"""
-
 
 def write_space_folder(out_dir: str, model_repo_id: str, revision: str, image_size: int = 28) -> str:
-    """Write a Hub Space (`app.py`, `requirements.txt`, `README.md`, the demo code, example images) to `out_dir`.
-
-    Its app loads `model_repo_id` at `revision` with `trust_remote_code=True` (env `VIT_D2L_MODEL`: another model).
-    """
+    """Write a Hub Space (`app.py`, `requirements.txt`, `README.md` from `templates/space_card.md`, the demo code,
+    example images) to `out_dir`. Its app loads `model_repo_id` at `revision` with `trust_remote_code=True` (env
+    `VIT_D2L_MODEL`: another model)."""
     import gradio
     import transformers
 
-    from . import attention_maps
+    from . import attention_maps, image_processing_vit_d2l
     from .utils import save_folder_atomically
 
     fields = {"model_repo_id": model_repo_id, "revision": revision, "image_size": image_size}
@@ -300,27 +246,17 @@ def write_space_folder(out_dir: str, model_repo_id: str, revision: str, image_si
     requirements += ["pillow", "matplotlib"]
 
     files = {"app.py": SPACE_APP.format(**fields), "requirements.txt": "\n".join(requirements) + "\n"}
-    files["README.md"] = SPACE_README.format(gradio_version=gradio.__version__, **fields)
+    card = Path(__file__).parent / "templates" / "space_card.md"
+    files["README.md"] = card.read_text(encoding="utf-8").format(gradio_version=gradio.__version__, **fields)
 
     def write(folder):
         for name, text in files.items():
-            with open(os.path.join(folder, name), "w") as f:
-                f.write(text)
-        for path in (__file__, attention_maps.__file__):
+            Path(folder, name).write_text(text, encoding="utf-8")
+        for path in (__file__, attention_maps.__file__, image_processing_vit_d2l.__file__):
             shutil.copyfile(path, os.path.join(folder, os.path.basename(path)))
         fashion_mnist_examples(os.path.join(folder, "examples"))
 
     return save_folder_atomically(out_dir, write, last="app.py")
-
-
-def serve(
-    model: str, revision: str = "main", port: int | None = None, trust_remote_code: bool = False, top_k: int = 5
-) -> None:
-    """Load `model` (a folder or Hub id, at `revision`) and serve the demo on 127.0.0.1 until interrupted."""
-    loaded, processor = load_model(model, revision, trust_remote_code=trust_remote_code)
-    examples = fashion_mnist_examples(os.path.join(tempfile.gettempdir(), "hf_vit_d2l_demo_examples"))
-    title = f"{os.path.basename(os.path.normpath(model))}: Fashion-MNIST ViT"
-    build_demo(loaded, processor, examples, top_k=top_k, title=title).launch(**launch_kwargs(port))
 
 
 def main() -> None:
@@ -335,19 +271,20 @@ def main() -> None:
     guard = f"Raise PIL's decompression-bomb guard (PIL.Image.MAX_IMAGE_PIXELS, default {Image.MAX_IMAGE_PIXELS:,})."
     parser.add_argument("--max_image_pixels", type=int, help=guard)
     args = parser.parse_args()
-    if importlib.util.find_spec("gradio") is None:
-        print('error: the demo needs gradio: pip install -e ".[demo]"', file=sys.stderr)
-        sys.exit(2)
-    if args.max_image_pixels is not None and args.max_image_pixels < 1:
-        print(f"error: --max_image_pixels must be >= 1, got {args.max_image_pixels}", file=sys.stderr)
-        sys.exit(2)
-    if args.max_image_pixels:
-        Image.MAX_IMAGE_PIXELS = args.max_image_pixels
     try:
-        serve(args.model, args.revision, port=args.port, trust_remote_code=args.trust_remote_code, top_k=args.top_k)
+        if importlib.util.find_spec("gradio") is None:
+            raise ValueError('the demo needs gradio: pip install -e ".[demo]"')
+        if args.max_image_pixels is not None and args.max_image_pixels < 1:
+            raise ValueError(f"--max_image_pixels must be >= 1, got {args.max_image_pixels}")
+        model, processor = load_model(args.model, args.revision, args.trust_remote_code)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    if args.max_image_pixels:
+        Image.MAX_IMAGE_PIXELS = args.max_image_pixels
+    examples = fashion_mnist_examples(os.path.join(tempfile.gettempdir(), "hf_vit_d2l_demo_examples"))
+    title = f"{os.path.basename(os.path.normpath(args.model))}: Fashion-MNIST ViT"
+    build_demo(model, processor, examples, top_k=args.top_k, title=title).launch(**launch_kwargs(args.port))
 
 
 if __name__ == "__main__":
