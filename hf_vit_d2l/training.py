@@ -495,23 +495,23 @@ class EpochSummaryCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self.train_loss = (logs or {}).get("loss", self.train_loss)
+        # Without evaluation during training, the epoch's own training log is the moment to summarise it.
+        if args.eval_strategy == "no" and "loss" in (logs or {}) and float(state.epoch).is_integer():
+            self.on_evaluate(args, state, control, metrics={})
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if self.epoch_start is None or not state.is_world_process_zero or not metrics:
+        if self.epoch_start is None or not state.is_world_process_zero or metrics is None:
             return
         seconds = time.perf_counter() - self.epoch_start
         # Optimizer steps times the global batch (an epoch's last batch may be smaller; --max_steps may end early).
         images = (state.global_step - self.start_step) * self.global_batch_size
-        logger.info(
-            "epoch %.2f/%g | train_loss %s | eval_loss %.4f | eval_accuracy %.4f | %.1f s (%.0f train img/s)",
-            state.epoch,
-            args.num_train_epochs,
-            f"{self.train_loss:.4f}" if self.train_loss else "-",
-            metrics.get("eval_loss", float("nan")),
-            metrics.get("eval_accuracy", float("nan")),
-            seconds,
-            images / max(seconds, 1e-9),
-        )
+        train_loss = f"{self.train_loss:.4f}" if self.train_loss else "-"
+        line = f"epoch {state.epoch:.2f}/{args.num_train_epochs:g} | train_loss {train_loss}"
+        if metrics:
+            loss = metrics.get("eval_loss", float("nan"))
+            accuracy = metrics.get("eval_accuracy", float("nan"))
+            line += f" | eval_loss {loss:.4f} | eval_accuracy {accuracy:.4f}"
+        logger.info("%s | %.1f s (%.0f train img/s)", line, seconds, images / max(seconds, 1e-9))
 
 
 def save_final_model(trainer: Trainer) -> None:

@@ -835,3 +835,21 @@ def test_preload_images_mixed_size_error(tmp_path, capsys):
     assert status == 2, err
     assert "different sizes or modes" in err
     assert "without --preload_images" in err
+
+
+def test_epoch_summary_without_evaluation(caplog):
+    """With --eval_strategy no, each epoch's training log still gives one summary line, without eval fields."""
+    callback = training.EpochSummaryCallback(global_batch_size=128)
+    args = types.SimpleNamespace(eval_strategy="no", num_train_epochs=2)
+    state = types.SimpleNamespace(epoch=0.0, global_step=0, is_world_process_zero=True)
+    callback.on_epoch_begin(args, state, None)
+    state.epoch = 0.5
+    state.global_step = 5
+    with caplog.at_level(logging.INFO, logger="hf_vit_d2l.training"):
+        callback.on_log(args, state, None, logs={"loss": 2.5})  # a mid-epoch log: no summary
+        assert "epoch" not in caplog.text, f"a summary before the epoch ended: {caplog.text}"
+        state.epoch = 1.0
+        state.global_step = 10
+        callback.on_log(args, state, None, logs={"loss": 2.25})
+    assert "epoch 1.00/2 | train_loss 2.2500 | " in caplog.text, caplog.text
+    assert "eval_loss" not in caplog.text, f"eval fields without an evaluation: {caplog.text}"
