@@ -352,7 +352,13 @@ faulthandler.dump_traceback_later(30, exit=True)  # a rank stuck in leave_proces
 leave_process_group(trainer)
 faulthandler.cancel_dump_traceback_later()
 tasks = f"/proc/{os.getpid()}/task"
-names = [open(f"{tasks}/{t}/comm").read().strip() for t in os.listdir(tasks)] if os.path.isdir(tasks) else []
+names = []
+for thread in os.listdir(tasks) if os.path.isdir(tasks) else []:
+    try:
+        with open(f"{tasks}/{thread}/comm") as f:
+            names.append(f.read().strip())
+    except FileNotFoundError:  # a thread that ended between the listing and the read
+        pass
 with open(os.path.join(out, f"threads{rank}.json"), "w") as f:
     json.dump(names, f)
 """
