@@ -497,10 +497,15 @@ class EpochSummaryCallback(TrainerCallback):
         self.train_loss = (logs or {}).get("loss", self.train_loss)
         # Without evaluation during training, the epoch's own training log is the moment to summarise it.
         if args.eval_strategy == "no" and "loss" in (logs or {}) and float(state.epoch).is_integer():
-            self.on_evaluate(args, state, control, metrics={})
+            self.log_epoch(args, state)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if self.epoch_start is None or not state.is_world_process_zero or metrics is None:
+        if metrics:
+            self.log_epoch(args, state, metrics)
+
+    def log_epoch(self, args, state, metrics: dict | None = None) -> None:
+        """The epoch's line; the eval fields only where an evaluation gave `metrics`."""
+        if self.epoch_start is None or not state.is_world_process_zero:
             return
         seconds = time.perf_counter() - self.epoch_start
         # Optimizer steps times the global batch (an epoch's last batch may be smaller; --max_steps may end early).
