@@ -803,6 +803,79 @@ def test_validation_size_evaluates_on_held_out_training_images():
 
 
 @needs_data
+def test_validation_size_never_reads_the_test_split(tmp_path, monkeypatch, capsys):
+    """With --validation_size, training and its final evaluation run without touching the test split."""
+    from hf_vit_d2l import data
+
+    class TestSplitRead(Exception):
+        pass
+
+    class UntouchableSplit:
+        def __getattr__(self, name):
+            raise TestSplitRead(f"the test split was read ({name})")
+
+        def __getitem__(self, key):
+            raise TestSplitRead(f"the test split was read ([{key!r}])")
+
+        def __len__(self):
+            raise TestSplitRead("the test split was read (len)")
+
+    real_load = data.load_image_classification_dataset
+
+    def load_without_test(*args, **kwargs):
+        dataset, description = real_load(*args, **kwargs)
+        return {"train": dataset["train"], "test": UntouchableSplit()}, description
+
+    monkeypatch.setattr(data, "load_image_classification_dataset", load_without_test)
+    common = [*FAST, "--max_train_samples", "256", "--max_eval_samples", "64", "--num_train_epochs", "1"]
+    status, err = _run_in_process([*common, "--validation_size", "500", "--output_dir", str(tmp_path / "v")], capsys)
+    assert status == 0, f"training with --validation_size failed: {err[-2000:]}"
+    results = json.loads((tmp_path / "v" / "all_results.json").read_text())
+    assert results["eval_samples"] == 64, f"the final evaluation did not run on the validation slice: {results}"
+    # The guard is live: without --validation_size the same run evaluates on the test split and trips it.
+    with pytest.raises(TestSplitRead):
+        training.run([*common, "--output_dir", str(tmp_path / "t")])
+
+
+@pytest.mark.parametrize("recipe", sorted(path.stem for path in training.RECIPE_DIR.glob("*.json")))
+@needs_data
+def test_every_recipe_trains_a_few_steps(recipe, tmp_path, capsys):
+    """Each shipped recipe, unchanged but for two steps on a slice: its preset's model trains and is saved."""
+    from hf_vit_d2l import ViTD2LConfig
+    from hf_vit_d2l.presets import get_preset
+
+    out = tmp_path / recipe
+    argv = ["--recipe", recipe, "--output_dir", str(out), "--max_steps", "2", "--data_dir", str(DATA_DIR)]
+    argv += ["--max_train_samples", "256", "--max_eval_samples", "64", "--disable_tqdm", "true"]
+    status, err = _run_in_process(argv, capsys)
+    assert status == 0, f"--recipe {recipe} failed: {err[-2000:]}"
+    recipe_values = json.loads((training.RECIPE_DIR / f"{recipe}.json").read_text())
+    preset, saved = get_preset(recipe_values["preset"]), ViTD2LConfig.from_pretrained(out)
+    shape = [
+        "image_size",
+        "patch_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_attention_heads",
+        "num_hidden_layers",
+    ]
+    for key in [*shape, "pooling", "drop_path_rate", "position_embedding_std", "test_time_flip"]:
+        assert getattr(saved, key) == getattr(preset, key), f"--recipe {recipe}: saved {key} is not the preset's"
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_samples"] == 64 and 0 <= results["eval_accuracy"] <= 1, f"--recipe {recipe}: {results}"
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2, f"--recipe {recipe} ran {state['global_step']} steps, not 2"
+    if "ema_decay" in recipe_values:  # the saved model is the average, the checkpoint keeps both
+        final, average = load_file(out / "model.safetensors"), load_file(out / "checkpoint-2" / "ema.safetensors")
+        raw = load_file(out / "checkpoint-2" / "model.safetensors")
+        assert average.keys() == final.keys(), f"--recipe {recipe}: the EMA file holds other tensors"
+        assert all(torch.equal(average[k], final[k]) for k in final), (
+            f"--recipe {recipe}: the saved model is not the EMA"
+        )
+        assert any(not torch.equal(raw[k], final[k]) for k in final), f"--recipe {recipe}: EMA equals the raw weights"
+
+
+@needs_data
 def test_preloaded_images_train_and_evaluate_exactly_as_the_dataset_rows(tmp_path):
     """--preload_images (the quick recipe's default) changes the speed only: the same weights and metrics."""
     common = [*FAST, "--max_train_samples", "640", "--max_eval_samples", "300", "--num_train_epochs", "1"]
