@@ -177,12 +177,18 @@ def _run_figures(run_info: dict, all_results: dict, log_history: list[dict]) -> 
     training_args = run_info.get("training_args") or {}
     hyperparameters = [(k, training_args[k]) for k in HYPERPARAMETERS if training_args.get(k) not in (None, -1)]
     hyperparameters += [(k, run_info[k]) for k in ("seed", "num_processes", "global_batch_size") if k in run_info]
+    if run_info.get("ema_decay"):
+        hyperparameters.append(("ema_decay", run_info["ema_decay"]))
     epochs, train_loss = [], None
     for entry in log_history:
         train_loss = entry.get("loss", train_loss)  # the last one logged before the evaluation
         if "eval_loss" in entry or "eval_accuracy" in entry:
             row = (_format(train_loss), _format(entry.get("eval_loss")), _format(entry.get("eval_accuracy"), ".2%"))
             epochs.append((entry.get("epoch"), *row))
+    # A run that evaluates only once, after training (eval_strategy "no"), has its train loss alone per epoch
+    train_losses = [(entry.get("epoch"), _format(entry["loss"])) for entry in log_history if "loss" in entry]
+    eval_strategy = training_args.get("eval_strategy", "epoch")
+    evaluated = {"no": "once, after training", "steps": f"every {training_args.get('eval_steps')} steps"}
     training_time = NOT_MEASURED
     if all_results.get("train_runtime"):
         speed = _format(all_results.get("train_samples_per_second"), ".1f")
@@ -203,6 +209,9 @@ def _run_figures(run_info: dict, all_results: dict, log_history: list[dict]) -> 
         "command": redact_hub_token(run_info["command"]) if run_info.get("command") else None,
         "hyperparameter_rows": _table_rows(hyperparameters),
         "epoch_rows": _table_rows(epochs),
+        "train_loss_rows": "" if epochs else _table_rows(train_losses),
+        "evaluated": evaluated.get(eval_strategy, "after each epoch"),
+        "ema_decay": run_info.get("ema_decay"),
     }
 
 

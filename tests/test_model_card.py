@@ -309,6 +309,8 @@ def test_card_fields_of_a_full_run(run_folder):
     assert fields["train_samples"] == "500"
     assert fields["eval_samples"] == "200"
     assert fields["eval_split"] == "test"
+    assert fields["evaluated"] == "after each epoch"
+    assert fields["train_loss_rows"] == "", "the per-epoch table has the evaluations"
     assert fields["recipe"] == "book"
     assert fields["hardware"] == "2 CPU cores (test fixture)"
     assert fields["num_processes"] == "1"
@@ -388,6 +390,29 @@ def test_card_fields_of_the_models_options(tmp_path):
     text = build_model_card(folder).text
     assert "test_time_flip=True" in text
     assert "pooling `mean`" in text
+
+
+def test_card_of_a_run_evaluated_once_after_training_with_ema(tmp_path):
+    """The hour recipe's shape: eval_strategy "no" (the test split read once, after training) and EMA weights."""
+    folder = make_run_folder(tmp_path / "once")
+    info = json.loads((tmp_path / "once" / "run_info.json").read_text())
+    info["training_args"]["eval_strategy"] = "no"
+    (tmp_path / "once" / "run_info.json").write_text(json.dumps({**info, "ema_decay": 0.9995}))
+    state = json.loads((tmp_path / "once" / "trainer_state.json").read_text())
+    state["log_history"] = [entry for entry in state["log_history"] if "loss" in entry]
+    (tmp_path / "once" / "trainer_state.json").write_text(json.dumps(state))
+    fields = card_fields(folder)
+    assert fields["evaluated"] == "once, after training", "the card must not claim a per-epoch evaluation"
+    assert fields["epoch_rows"] == "", "no evaluation was logged during training"
+    assert _rows(fields["train_loss_rows"]) == [["1.0", "2.3100"], ["2.0", "2.2000"]], "train loss per epoch"
+    assert dict(_rows(fields["hyperparameter_rows"]))["ema_decay"] == "0.9995", "EMA decay in the hyperparameters"
+    text = build_model_card(folder).text
+    assert "samples evaluated once, after training: 200 (test split)" in text, "evaluation schedule sentence"
+    assert "| epoch | train loss (last logged) |\n" in text, "train-loss-only table header"
+    assert "exponential moving average" in text, "the card must say the weights are EMA-averaged"
+    assert "Per-epoch figures: not measured" not in text, "trainer_state.json exists"
+    assert "after each epoch" not in text, "the run was evaluated once"
+    assert "exponential moving average" not in build_model_card(make_run_folder(tmp_path / "each")).text, "no EMA"
 
 
 def test_card_inverted_accuracy_without_a_sample_count(tmp_path):
