@@ -187,8 +187,7 @@ def _run_figures(run_info: dict, all_results: dict, log_history: list[dict]) -> 
             epochs.append((entry.get("epoch"), *row))
     # A run that evaluates only once, after training (eval_strategy "no"), has its train loss alone per epoch
     train_losses = [(entry.get("epoch"), _format(entry["loss"])) for entry in log_history if "loss" in entry]
-    eval_strategy = training_args.get("eval_strategy", "epoch")
-    evaluated = {"no": "once, after training", "steps": f"every {training_args.get('eval_steps')} steps"}
+    evaluated = {"no": "once, after training", "epoch": "after each epoch"}
     training_time = NOT_MEASURED
     if all_results.get("train_runtime"):
         speed = _format(all_results.get("train_samples_per_second"), ".1f")
@@ -210,7 +209,7 @@ def _run_figures(run_info: dict, all_results: dict, log_history: list[dict]) -> 
         "hyperparameter_rows": _table_rows(hyperparameters),
         "epoch_rows": _table_rows(epochs),
         "train_loss_rows": "" if epochs else _table_rows(train_losses),
-        "evaluated": evaluated.get(eval_strategy, "after each epoch"),
+        "evaluated": evaluated.get(training_args.get("eval_strategy", "epoch"), "during training"),
         "ema_decay": run_info.get("ema_decay"),
     }
 

@@ -413,6 +413,9 @@ def test_card_of_a_run_evaluated_once_after_training_with_ema(tmp_path):
     assert "Per-epoch figures: not measured" not in text, "trainer_state.json exists"
     assert "after each epoch" not in text, "the run was evaluated once"
     assert "exponential moving average" not in build_model_card(make_run_folder(tmp_path / "each")).text, "no EMA"
+    info["training_args"]["eval_strategy"] = "steps"
+    (tmp_path / "once" / "run_info.json").write_text(json.dumps(info))
+    assert card_fields(folder)["evaluated"] == "during training", "eval_strategy steps"
 
 
 def test_card_inverted_accuracy_without_a_sample_count(tmp_path):
